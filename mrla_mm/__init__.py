@@ -1,0 +1,17 @@
+"""mrla_mm: MRLA layer attention for mmdetection and mmpretrain.
+
+``import mrla_mm`` registers every module of the package into mmdet's and
+mmpretrain's registries, so configs may name them after
+``custom_imports = dict(imports=['mrla_mm'], allow_failed_imports=False)``.
+:mod:`mrla_mm.ops` alone needs torch only.
+"""
+import importlib.util
+
+from .version import __version__, version_info
+
+# A machine with torch alone (e.g. one that only builds and times the ops)
+# can still import mrla_mm.ops; everywhere else the modules are registered.
+if importlib.util.find_spec('mmengine') is not None:
+    from . import models  # noqa: F401
+
+__all__ = ['__version__', 'version_info']

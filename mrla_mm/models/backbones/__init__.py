@@ -1,0 +1,20 @@
+from .mrla_block import MRLABlockMixin, mrla_stage_forward
+from .mrla_resnet import (
+                          MRLABasicBlock,
+                          MRLABottleneck,
+                          MRLAResLayer,
+                          MRLAResNet,
+)
+from .mrla_resnet_cls import (
+                          MRLAClsBasicBlock,
+                          MRLAClsBottleneck,
+                          MRLAClsResLayer,
+                          MRLAClsResNet,
+)
+from .mrla_resnext import MRLAResNeXt, MRLAResNeXtBottleneck
+
+__all__ = [
+    'MRLABasicBlock', 'MRLABlockMixin', 'MRLABottleneck', 'MRLAClsBasicBlock',
+    'MRLAClsBottleneck', 'MRLAClsResLayer', 'MRLAClsResNet', 'MRLAResLayer',
+    'MRLAResNeXt', 'MRLAResNeXtBottleneck', 'MRLAResNet', 'mrla_stage_forward'
+]

@@ -1,0 +1,94 @@
+from typing import Optional, Tuple
+
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from torch import Tensor
+
+from ..layers import MRLABase, MRLACache, MRLALight, build_mrla_layer
+
+# The paper's dim_per_head for ResNets: 32 for light, 16 for base.
+RESNET_DIM_PER_HEAD = dict(MRLALight=32, MRLABase=16)
+
+
+class MRLABlockMixin:
+    """Adds an MRLA branch to a residual block of mmdet or mmpretrain.
+
+    The host block keeps all its modules and their names; MRLA adds
+    ``mrla`` (the layer) and ``bn_mrla`` (its norm, named after
+    ``norm_cfg``). With ``o = relu(residual(x) + identity)`` the block
+    returns, as in the reference:
+
+    - MRLA-light: ``o + drop_path(norm(mrla(o, identity)))``, the shortcut
+      standing in for ``O^{t-1}``;
+    - MRLA-base: ``o + drop_path(relu(norm(mrla(o, cache))))``.
+
+    With ``with_cp`` the residual body is checkpointed and the MRLA branch
+    is not: the base cache must see each layer exactly once.
+
+    A host class provides ``residual(x)``, its residual branch before the
+    shortcut is added, and names its last convolution in ``last_conv``.
+
+    Args:
+        mrla_cfg (dict, optional): The MRLA layer, see
+            :func:`build_mrla_layer`. None gives the plain block.
+        mrla_drop_path (float): Drop-path rate of the MRLA branch.
+        *args, **kwargs: Arguments of the host block.
+    """
+
+    last_conv = 'conv3'
+
+    def __init__(self,
+                 *args,
+                 mrla_cfg: Optional[dict] = None,
+                 mrla_drop_path: float = 0.,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        channels = getattr(self, self.last_conv).out_channels
+        self.mrla = build_mrla_layer(mrla_cfg, channels, RESNET_DIM_PER_HEAD)
+        if self.mrla is None:
+            return
+        self.mrla_norm_name, norm = build_norm_layer(
+            kwargs.get('norm_cfg', dict(type='BN')), channels,
+            postfix='_mrla')
+        self.add_module(self.mrla_norm_name, norm)
+        self.mrla_drop_path = DropPath(
+            mrla_drop_path) if mrla_drop_path > 0 else nn.Identity()
+
+    @property
+    def mrla_norm(self) -> nn.Module:
+        """nn.Module: the normalization layer of the MRLA branch."""
+        return getattr(self, self.mrla_norm_name)
+
+    def residual(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _body(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + identity), identity
+
+    def forward(self, x: Tensor, cache: Optional[MRLACache] = None) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            out, identity = cp.checkpoint(self._body, x, use_reentrant=False)
+        else:
+            out, identity = self._body(x)
+        if isinstance(self.mrla, MRLALight):
+            branch = self.mrla_norm(self.mrla(out, identity))
+        elif isinstance(self.mrla, MRLABase):
+            if cache is None:
+                raise ValueError('an MRLA-base block needs the cache of its '
+                                 'stage; run it through its stage')
+            branch = self.relu(self.mrla_norm(self.mrla(out, cache)))
+        else:
+            return out
+        return out + self.mrla_drop_path(branch)
+
+
+def mrla_stage_forward(blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """Run a stage of MRLA blocks, sharing one MRLA-base cache among them."""
+    first = blocks[0].mrla
+    cache = first.new_cache() if isinstance(first, MRLABase) else None
+    for block in blocks:
+        x = block(x, cache)
+    return x

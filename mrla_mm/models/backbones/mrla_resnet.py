@@ -1,0 +1,106 @@
+from typing import Optional
+
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from mmdet.models.layers import ResLayer
+from torch import Tensor
+
+from mrla_mm.registry import DET_MODELS
+from .mrla_block import MRLABlockMixin, mrla_stage_forward
+
+
+class MRLABasicBlock(MRLABlockMixin, BasicBlock):
+    """mmdet's :class:`BasicBlock` with an MRLA branch (ResNet-18/34)."""
+
+    last_conv = 'conv2'
+
+    def residual(self, x: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(x)))
+        return self.norm2(self.conv2(out))
+
+
+class MRLABottleneck(MRLABlockMixin, Bottleneck):
+    """mmdet's :class:`Bottleneck` with an MRLA branch (ResNet-50 and up)."""
+
+    def residual(self, x: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(x)))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv1_plugin_names)
+        out = self.relu(self.norm2(self.conv2(out)))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+        out = self.norm3(self.conv3(out))
+        if self.with_plugins:
+            out = self.forward_plugin(out, self.after_conv3_plugin_names)
+        return out
+
+
+class MRLAResLayer(ResLayer):
+    """mmdet's :class:`ResLayer` whose blocks share an MRLA-base cache."""
+
+    forward = mrla_stage_forward
+
+
+class MRLAResNetMixin:
+    """What turns an mmdet ResNet-family backbone into an MRLA one.
+
+    A subclass lists MRLA blocks in ``arch_settings``; this mixin passes
+    ``mrla_cfg`` to them, builds stages that share the base cache, and
+    keeps mmdet's default zero init of the last norm of every residual
+    branch (mmdet only recognises its own block classes for that).
+    """
+
+    def __init__(self,
+                 depth: int,
+                 mrla_cfg: Optional[dict] = dict(type='MRLALight'),
+                 mrla_drop_path: float = 0.,
+                 **kwargs):
+        self.mrla_cfg = mrla_cfg
+        self.mrla_drop_path = mrla_drop_path
+        default_init = (kwargs.get('init_cfg') is None
+                        and kwargs.get('pretrained') is None)
+        self._zero_init_last_norm = default_init and kwargs.get(
+            'zero_init_residual', True)
+        super().__init__(depth=depth, **kwargs)
+
+    def make_res_layer(self, **kwargs) -> MRLAResLayer:
+        block = kwargs['block']
+        if self._zero_init_last_norm:
+            last = 'norm3' if issubclass(block, Bottleneck) else 'norm2'
+            kwargs['init_cfg'] = dict(
+                type='Constant', val=0, override=dict(name=last))
+        return MRLAResLayer(
+            mrla_cfg=self.mrla_cfg,
+            mrla_drop_path=self.mrla_drop_path,
+            **kwargs)
+
+
+@DET_MODELS.register_module()
+class MRLAResNet(MRLAResNetMixin, ResNet):
+    """ResNet with MRLA after every residual block, for mmdet.
+
+    Accepts every argument of mmdet's :class:`ResNet` (depth 18-152,
+    ``deep_stem``, ``avg_down``, ``frozen_stages``, ``norm_eval``,
+    ``with_cp``, ``dcn``, ``plugins``, ``init_cfg``, ...) and keeps its
+    parameter names, so ImageNet ResNet checkpoints load with only the MRLA
+    parameters missing. ``frozen_stages`` and ``norm_eval`` cover the MRLA
+    parameters and norms of the stages they touch.
+
+    Args:
+        depth (int): Depth of the ResNet, from {18, 34, 50, 101, 152}.
+        mrla_cfg (dict, optional): MRLA layer of every block,
+            ``dict(type='MRLALight')`` (default, d=32) or
+            ``dict(type='MRLABase')`` (d=16), with the layer's arguments
+            other than ``channels``. None gives a plain ResNet.
+        mrla_drop_path (float): Drop-path rate of the MRLA branch of every
+            block (the authors' ImageNet models used 0.2, their detection
+            backbone 0). Defaults to 0.
+        **kwargs: Arguments of mmdet's :class:`ResNet`.
+    """
+
+    arch_settings = {
+        18: (MRLABasicBlock, (2, 2, 2, 2)),
+        34: (MRLABasicBlock, (3, 4, 6, 3)),
+        50: (MRLABottleneck, (3, 4, 6, 3)),
+        101: (MRLABottleneck, (3, 4, 23, 3)),
+        152: (MRLABottleneck, (3, 8, 36, 3))
+    }

@@ -1,0 +1,82 @@
+from typing import Optional
+
+from mmpretrain.models.backbones.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResLayer,
+    ResNet,
+)
+from torch import Tensor
+
+from mrla_mm.registry import CLS_MODELS
+from .mrla_block import MRLABlockMixin, mrla_stage_forward
+
+
+class MRLAClsBasicBlock(MRLABlockMixin, BasicBlock):
+    """mmpretrain's :class:`BasicBlock` with an MRLA branch."""
+
+    last_conv = 'conv2'
+
+    def residual(self, x: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(x)))
+        return self.drop_path(self.norm2(self.conv2(out)))
+
+
+class MRLAClsBottleneck(MRLABlockMixin, Bottleneck):
+    """mmpretrain's :class:`Bottleneck` with an MRLA branch."""
+
+    def residual(self, x: Tensor) -> Tensor:
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.relu(self.norm2(self.conv2(out)))
+        return self.drop_path(self.norm3(self.conv3(out)))
+
+
+class MRLAClsResLayer(ResLayer):
+    """mmpretrain's :class:`ResLayer` whose blocks share an MRLA-base cache.
+    """
+
+    forward = mrla_stage_forward
+
+
+@CLS_MODELS.register_module(name='MRLAResNet')
+class MRLAClsResNet(ResNet):
+    """ResNet with MRLA after every residual block, for mmpretrain.
+
+    Registered in mmpretrain's MODELS as ``MRLAResNet``. Accepts every
+    argument of mmpretrain's :class:`ResNet` (``drop_path_rate`` included,
+    which drops the residual branches) and keeps its parameter names.
+
+    Args:
+        depth (int): Depth of the ResNet, from {18, 34, 50, 101, 152}.
+        mrla_cfg (dict, optional): MRLA layer of every block,
+            ``dict(type='MRLALight')`` (default, d=32) or
+            ``dict(type='MRLABase')`` (d=16), with the layer's arguments
+            other than ``channels``. None gives a plain ResNet.
+        mrla_drop_path (float): Drop-path rate of the MRLA branch of every
+            block; the authors trained their ImageNet models with 0.2.
+            Defaults to 0.
+        **kwargs: Arguments of mmpretrain's :class:`ResNet`.
+    """
+
+    arch_settings = {
+        18: (MRLAClsBasicBlock, (2, 2, 2, 2)),
+        34: (MRLAClsBasicBlock, (3, 4, 6, 3)),
+        50: (MRLAClsBottleneck, (3, 4, 6, 3)),
+        101: (MRLAClsBottleneck, (3, 4, 23, 3)),
+        152: (MRLAClsBottleneck, (3, 8, 36, 3))
+    }
+
+    def __init__(self,
+                 depth: int,
+                 mrla_cfg: Optional[dict] = dict(type='MRLALight'),
+                 mrla_drop_path: float = 0.,
+                 **kwargs):
+        self.mrla_cfg = mrla_cfg
+        self.mrla_drop_path = mrla_drop_path
+        super().__init__(depth, **kwargs)
+
+    def make_res_layer(self, **kwargs) -> MRLAClsResLayer:
+        return MRLAClsResLayer(
+            mrla_cfg=self.mrla_cfg,
+            mrla_drop_path=self.mrla_drop_path,
+            **kwargs)

@@ -1,0 +1,105 @@
+from typing import Optional
+
+import torch.nn as nn
+from mmengine.model import BaseModule
+from torch import Tensor
+
+from mrla_mm.ops import (
+    channel_conv1d,
+    channel_descriptor,
+    check_feature_map,
+    check_kernel_size,
+    check_value_act,
+    mrla_base_readout,
+    mrla_value,
+    resolve_heads,
+)
+from mrla_mm.registry import CLS_MODELS, DET_MODELS
+from .mrla_cache import MRLACache
+
+
+@DET_MODELS.register_module()
+@CLS_MODELS.register_module()
+class MRLABase(BaseModule):
+    """MRLA-base: multi-head recurrent layer attention over a layer cache.
+
+    Implements eq. 6 of `Cross-Layer Retrospective Retrieving via Layer
+    Attention <https://arxiv.org/abs/2302.03985>`_:
+
+    .. math::
+        O^t_g = \\sum_{s \\le t} \\mathrm{softmax}_s
+                (Q^t_g \\cdot K^s_g / \\sqrt{d}) \\, V^s_g
+
+    Each call appends the layer's key and value to an :class:`MRLACache`
+    shared by the layers of a group, then reads all of them out.
+
+    Args:
+        channels (int): Channels ``C`` of the input and output.
+        dim_per_head (int, optional): Channels per head ``d``. Exactly one
+            of ``dim_per_head`` and ``num_heads`` must be given.
+        num_heads (int, optional): Number of heads ``G = C / d``.
+        kernel_size (int, optional): Kernel size of the Q/K convolutions.
+            Defaults to None, the adaptive ECA size.
+        value_act (str): Activation after the value convolution,
+            ``'identity'`` or ``'gelu'``. Defaults to ``'identity'``, as in
+            the reference (ResNet and ViT).
+        detach_cache (bool): Keep detached keys/values in the cache, so no
+            gradient flows into earlier layers through it. Saves backward
+            work; not the paper's setting. Defaults to False.
+        init_cfg (dict or list[dict], optional): Initialization config.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 dim_per_head: Optional[int] = None,
+                 num_heads: Optional[int] = None,
+                 kernel_size: Optional[int] = None,
+                 value_act: str = 'identity',
+                 detach_cache: bool = False,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.channels = channels
+        self.num_heads, self.dim_per_head = resolve_heads(
+            channels, dim_per_head, num_heads)
+        self.kernel_size = check_kernel_size(kernel_size, channels)
+        self.value_act = check_value_act(value_act)
+        self.detach_cache = detach_cache
+        pad = (self.kernel_size - 1) // 2
+        self.query_conv = nn.Conv1d(
+            1, 1, self.kernel_size, padding=pad, bias=False)
+        self.key_conv = nn.Conv1d(
+            1, 1, self.kernel_size, padding=pad, bias=False)
+        self.value_conv = nn.Conv2d(
+            channels, channels, 3, padding=1, groups=channels, bias=False)
+
+    def new_cache(self) -> MRLACache:
+        """An empty cache for a new group, held as this layer asks."""
+        return MRLACache(detach=self.detach_cache)
+
+    def forward(self, x: Tensor, cache: MRLACache) -> Tensor:
+        """Append this layer to ``cache`` and attend over all its layers.
+
+        Args:
+            x (Tensor): ``X^t``, ``[B, C, H, W]``.
+            cache (MRLACache): The group's cache; empty at its first layer.
+
+        Returns:
+            Tensor: ``O^t``, ``[B, C, H, W]``.
+        """
+        check_feature_map(x, self.channels, 'x')
+        if not isinstance(cache, MRLACache):
+            raise TypeError('cache must be an MRLACache, got '
+                            f'{type(cache).__name__}')
+        y = channel_descriptor(x)
+        q = channel_conv1d(y, self.query_conv.weight)
+        cache.append(
+            channel_conv1d(y, self.key_conv.weight),
+            mrla_value(x, self.value_conv.weight, self.value_act))
+        return mrla_base_readout(q, cache.stacked_keys(), cache.values,
+                                 self.num_heads)
+
+    def extra_repr(self) -> str:
+        return (f'channels={self.channels}, num_heads={self.num_heads}, '
+                f'dim_per_head={self.dim_per_head}, '
+                f'kernel_size={self.kernel_size}, '
+                f'detach_cache={self.detach_cache}')

@@ -1,0 +1,102 @@
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+from torch import Tensor
+
+from mrla_mm.ops import (
+    channel_conv1d,
+    channel_descriptor,
+    check_feature_map,
+    check_kernel_size,
+    check_value_act,
+    light_gate,
+    mrla_light_core,
+    resolve_heads,
+)
+from mrla_mm.registry import CLS_MODELS, DET_MODELS
+
+
+@DET_MODELS.register_module()
+@CLS_MODELS.register_module()
+class MRLALight(BaseModule):
+    """MRLA-light: multi-head recurrent layer attention, linear in depth.
+
+    Implements eq. 8 of `Cross-Layer Retrospective Retrieving via Layer
+    Attention <https://arxiv.org/abs/2302.03985>`_:
+
+    .. math::
+        O^t_g = \\sigma(Q^t_g \\cdot K^t_g / \\sqrt{d}) \\, V^t_g
+                + \\lambda^t \\odot O^{t-1}
+
+    ``Q`` and ``K`` come from ECA-style 1-D convolutions over the globally
+    pooled channels of ``x``; ``V`` is a depthwise 3x3 convolution of ``x``
+    (followed by GELU in vision transformers).
+
+    Args:
+        channels (int): Channels ``C`` of the input and output.
+        dim_per_head (int, optional): Channels per head ``d``. Exactly one
+            of ``dim_per_head`` and ``num_heads`` must be given.
+        num_heads (int, optional): Number of heads ``G = C / d``.
+        kernel_size (int, optional): Kernel size of the Q/K convolutions.
+            Defaults to None, the adaptive ECA size.
+        value_act (str): Activation after the value convolution,
+            ``'identity'`` (ResNet) or ``'gelu'`` (ViT). Defaults to
+            ``'identity'``.
+        lambda_init (float, optional): Constant initial value of lambda.
+            Defaults to None: standard normal, as in the reference.
+        init_cfg (dict or list[dict], optional): Initialization config.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 dim_per_head: Optional[int] = None,
+                 num_heads: Optional[int] = None,
+                 kernel_size: Optional[int] = None,
+                 value_act: str = 'identity',
+                 lambda_init: Optional[float] = None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.channels = channels
+        self.num_heads, self.dim_per_head = resolve_heads(
+            channels, dim_per_head, num_heads)
+        self.kernel_size = check_kernel_size(kernel_size, channels)
+        self.value_act = check_value_act(value_act)
+        pad = (self.kernel_size - 1) // 2
+        self.query_conv = nn.Conv1d(
+            1, 1, self.kernel_size, padding=pad, bias=False)
+        self.key_conv = nn.Conv1d(
+            1, 1, self.kernel_size, padding=pad, bias=False)
+        self.value_conv = nn.Conv2d(
+            channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.lambda_t = nn.Parameter(torch.empty(channels))
+        if lambda_init is None:
+            nn.init.normal_(self.lambda_t)
+        else:
+            nn.init.constant_(self.lambda_t, float(lambda_init))
+
+    def gate(self, x: Tensor) -> Tensor:
+        """Per-sample, per-head gate ``[B, G]`` of the input map ``x``."""
+        y = channel_descriptor(x)
+        return light_gate(
+            channel_conv1d(y, self.query_conv.weight),
+            channel_conv1d(y, self.key_conv.weight), self.num_heads)
+
+    def forward(self, x: Tensor, o_prev: Tensor) -> Tensor:
+        """Compute ``O^t`` from ``x`` = ``X^t`` and ``o_prev`` ~ ``O^{t-1}``.
+
+        Both are ``[B, C, H, W]``; the result has the same shape.
+        """
+        check_feature_map(x, self.channels, 'x')
+        check_feature_map(o_prev, self.channels, 'o_prev')
+        if o_prev.shape != x.shape:
+            raise ValueError(f'o_prev must have the shape of x '
+                             f'{tuple(x.shape)}, got {tuple(o_prev.shape)}')
+        return mrla_light_core(x, self.value_conv.weight, self.gate(x),
+                               self.lambda_t, o_prev, self.value_act)
+
+    def extra_repr(self) -> str:
+        return (f'channels={self.channels}, num_heads={self.num_heads}, '
+                f'dim_per_head={self.dim_per_head}, '
+                f'kernel_size={self.kernel_size}, value_act={self.value_act}')

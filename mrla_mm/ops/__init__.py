@@ -1,0 +1,25 @@
+"""Layer-attention ops of MRLA. Importable with torch alone."""
+from .checks import (
+                     check_feature_map,
+                     check_kernel_size,
+                     check_value_act,
+                     resolve_heads,
+)
+from .mrla_base import mrla_base_readout
+from .mrla_light import mrla_light_core
+from .mrla_math import (
+                     adaptive_kernel_size,
+                     base_weights,
+                     channel_conv1d,
+                     channel_descriptor,
+                     head_scores,
+                     light_gate,
+                     mrla_value,
+)
+
+__all__ = [
+    'adaptive_kernel_size', 'check_feature_map', 'check_kernel_size',
+    'check_value_act', 'base_weights', 'channel_conv1d',
+    'channel_descriptor', 'head_scores', 'light_gate', 'mrla_base_readout',
+    'mrla_light_core', 'mrla_value', 'resolve_heads'
+]

@@ -1,0 +1,70 @@
+"""Argument and input checks shared by the MRLA ops and modules.
+
+Each error names the argument, the value it got and what is allowed.
+"""
+from typing import Optional, Tuple
+
+from torch import Tensor
+
+from .mrla_math import adaptive_kernel_size
+
+VALUE_ACTS = ('identity', 'gelu')
+
+
+def check_kernel_size(kernel_size: Optional[int], channels: int) -> int:
+    """Return the Q/K kernel size, adaptive when ``kernel_size`` is None."""
+    if kernel_size is None:
+        return adaptive_kernel_size(channels)
+    if (not isinstance(kernel_size, int) or isinstance(kernel_size, bool)
+            or kernel_size < 1 or kernel_size % 2 == 0):
+        raise ValueError(
+            f'kernel_size must be a positive odd int or None (adaptive), '
+            f'got {kernel_size!r}')
+    return kernel_size
+
+
+def resolve_heads(channels: int,
+                  dim_per_head: Optional[int] = None,
+                  num_heads: Optional[int] = None) -> Tuple[int, int]:
+    """Return ``(num_heads, dim_per_head)`` from exactly one of the two.
+
+    Raises:
+        ValueError: if both or neither are given, if a value is not a
+            positive int, or if it does not divide ``channels``.
+    """
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f'channels must be a positive int, got {channels!r}')
+    if (dim_per_head is None) == (num_heads is None):
+        raise ValueError(
+            'exactly one of dim_per_head and num_heads must be given, got '
+            f'dim_per_head={dim_per_head!r}, num_heads={num_heads!r}')
+    name, value = (('dim_per_head', dim_per_head)
+                   if dim_per_head is not None else ('num_heads', num_heads))
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}')
+    if channels % value:
+        raise ValueError(
+            f'{name}={value} does not divide channels={channels}; allowed '
+            f'values are the divisors of {channels}')
+    other = channels // value
+    return (other, value) if name == 'dim_per_head' else (value, other)
+
+
+def check_value_act(value_act: str) -> str:
+    """Return ``value_act`` if the value activation is supported."""
+    if value_act not in VALUE_ACTS:
+        raise ValueError(
+            f'value_act must be one of {VALUE_ACTS}, got {value_act!r}')
+    return value_act
+
+
+def check_feature_map(x: Tensor, channels: int, name: str = 'x') -> None:
+    """Require a ``[B, channels, H, W]`` tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f'{name} must be a Tensor, got {type(x).__name__}')
+    if x.dim() != 4:
+        raise ValueError(f'{name} must be a 4-D [B, C, H, W] tensor, got '
+                         f'shape {tuple(x.shape)} (rank {x.dim()})')
+    if x.shape[1] != channels:
+        raise ValueError(f'{name} must have {channels} channels (dim 1), got '
+                         f'shape {tuple(x.shape)}')

@@ -1,0 +1,117 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import mrla_mm
+from mrla_mm.registry import CLS_MODELS, DET_MODELS
+
+
+def test_version():
+    assert isinstance(mrla_mm.__version__, str)
+    assert mrla_mm.version_info[:2] == tuple(
+        int(x) for x in mrla_mm.__version__.split('.')[:2])
+
+
+@pytest.mark.parametrize('name', ['MRLALight', 'MRLABase'])
+def test_layers_in_both_registries(name):
+    assert DET_MODELS.get(name) is CLS_MODELS.get(name)
+    assert DET_MODELS.get(name) is getattr(mrla_mm.models, name)
+
+
+def test_backbones_in_their_registries():
+    from mmdet.models.backbones import ResNet as DetResNet
+    from mmpretrain.models.backbones import ResNet as ClsResNet
+    assert issubclass(DET_MODELS.get('MRLAResNet'), DetResNet)
+    assert issubclass(DET_MODELS.get('MRLAResNeXt'), DetResNet)
+    assert issubclass(CLS_MODELS.get('MRLAResNet'), ClsResNet)
+    assert DET_MODELS.get('MRLAResNet') is not CLS_MODELS.get('MRLAResNet')
+
+
+def test_ops_import_without_openmmlab():
+    # mrla_mm.ops must work on a machine with torch alone (the GPU box).
+    code = ('import sys, builtins\n'
+            'real = builtins.__import__\n'
+            'def guard(name, *a, **k):\n'
+            '    if name.split(".")[0] in ("mmengine", "mmcv", "mmdet",\n'
+            '                              "mmpretrain"):\n'
+            '        raise ModuleNotFoundError(name)\n'
+            '    return real(name, *a, **k)\n'
+            'builtins.__import__ = guard\n'
+            'import importlib.util\n'
+            'importlib.util.find_spec = lambda n, *a: None\n'
+            'import mrla_mm.ops as ops\n'
+            'print(ops.adaptive_kernel_size(2048))\n')
+    out = subprocess.run([sys.executable, '-c', code],
+                         capture_output=True,
+                         text=True,
+                         check=True)
+    assert out.stdout.strip() == '7'
+
+
+DET_CFG = """
+custom_imports = dict(imports=['mrla_mm'], allow_failed_imports=False)
+model = dict(
+    type='RetinaNet',
+    data_preprocessor=dict(type='DetDataPreprocessor',
+                           mean=[123.675, 116.28, 103.53],
+                           std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
+                           pad_size_divisor=32),
+    backbone=dict(type='MRLAResNet', depth=18, out_indices=(1, 2, 3),
+                  mrla_cfg=dict(type='MRLALight', dim_per_head=16)),
+    neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=32,
+              start_level=0, add_extra_convs='on_input', num_outs=3),
+    bbox_head=dict(
+        type='RetinaHead', num_classes=3, in_channels=32, feat_channels=32,
+        stacked_convs=1,
+        anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                              scales_per_octave=1, ratios=[1.0],
+                              strides=[8, 16, 32]),
+        bbox_coder=dict(type='DeltaXYWHBBoxCoder',
+                        target_means=[.0, .0, .0, .0],
+                        target_stds=[1.0, 1.0, 1.0, 1.0]),
+        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
+                      alpha=0.25, loss_weight=1.0),
+        loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+    test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.05,
+                  nms=dict(type='nms', iou_threshold=0.5), max_per_img=10))
+"""
+
+CLS_CFG = """
+custom_imports = dict(imports=['mrla_mm'], allow_failed_imports=False)
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='MRLAResNet', depth=18,
+                  mrla_cfg=dict(type='MRLABase')),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(type='LinearClsHead', num_classes=5, in_channels=512))
+"""
+
+
+def _build(cfg_text, tmp_path, scope, registry):
+    path = tmp_path / 'cfg.py'
+    path.write_text(cfg_text)
+    # Config.fromfile honours custom_imports: the import registers mrla_mm.
+    cfg = Config.fromfile(str(path))
+    init_default_scope(scope)
+    return registry.build(cfg.model)
+
+
+def test_custom_imports_mmdet_config(tmp_path):
+    from mmdet.models.backbones.resnet import ResNet
+    model = _build(DET_CFG, tmp_path, 'mmdet', DET_MODELS)
+    assert isinstance(model.backbone, ResNet)
+    assert type(model.backbone).__name__ == 'MRLAResNet'
+    feats = model.extract_feat(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [32, 32, 32]
+
+
+def test_custom_imports_mmpretrain_config(tmp_path):
+    model = _build(CLS_CFG, tmp_path, 'mmpretrain', CLS_MODELS)
+    model.eval()
+    logits = model(torch.rand(2, 3, 32, 32), mode='tensor')
+    assert logits.shape == (2, 5)
+    assert any('mrla' in n for n, _ in model.named_parameters())
