@@ -54,7 +54,7 @@ def model_complexity(model: nn.Module,
         model = model.backbone
     elif hasattr(model, 'roi_head') or hasattr(model, 'bbox_head'):
         model = _DetectorTensorForward(model, shape)
-    model = model.eval()
+    model.eval()  # some OpenMMLab backbones return None from train()
     with torch.no_grad():
         info = get_model_complexity_info(
             model,
