@@ -5,11 +5,16 @@ import sys
 import pytest
 import torch
 
+from mrla_mm.models import MRLAResNet
+from mrla_mm.utils import (
+    CheckpointError,
+    check_state_dict,
+    convert,
+    detect_arch,
+    load_reference_checkpoint,
+)
 import mrla_reference as R
 from conftest import rel_err
-from mrla_mm.models import MRLAResNet
-from mrla_mm.utils import (CheckpointError, check_state_dict, convert,
-                           detect_arch, load_reference_checkpoint)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'mrla_to_mmdet.py')

@@ -1,7 +1,5 @@
-import mrla_reference as R
 import pytest
 import torch
-from conftest import rel_err
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mrla_mm.models import (
@@ -12,6 +10,8 @@ from mrla_mm.models import (
     build_mrla_layer,
 )
 from mrla_mm.ops import adaptive_kernel_size
+import mrla_reference as R
+from conftest import rel_err
 
 
 @pytest.mark.parametrize('channels,k', [(192, 5), (256, 5), (384, 5),

@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torchvision
-from conftest import rel_err
 from mmcv.cnn.bricks import DropPath
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -12,6 +11,7 @@ from mrla_mm.models import (
     MRLAResNet,
     MRLAResNeXt,
 )
+from conftest import rel_err
 
 LIGHT, BASE = dict(type='MRLALight'), dict(type='MRLABase')
 MRLA_KEY = ('.mrla.', '.bn_mrla.')

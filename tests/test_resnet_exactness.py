@@ -1,12 +1,12 @@
 """MRLA ResNet-50 against the independent float64 reference, with weights
 in the authors' checkpoint layout passed through our converter."""
-import mrla_reference as R
 import pytest
 import torch
-from conftest import rel_err
 
 from mrla_mm.models import MRLAResNet
 from mrla_mm.utils import convert
+import mrla_reference as R
+from conftest import rel_err
 
 MODES = ['light', 'base']
 
