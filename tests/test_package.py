@@ -115,3 +115,32 @@ def test_custom_imports_mmpretrain_config(tmp_path):
     logits = model(torch.rand(2, 3, 32, 32), mode='tensor')
     assert logits.shape == (2, 5)
     assert any('mrla' in n for n, _ in model.named_parameters())
+
+
+def _pins(name):
+    import os.path as osp
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                    'requirements', name)
+    pins = {}
+    for line in open(path):
+        line = line.split('#', 1)[0].strip()
+        if '==' in line:
+            pkg, version = line.split('==')
+            pins[pkg] = version
+    return pins
+
+
+@pytest.mark.parametrize('pkg,version', sorted(_pins('runtime.txt').items()))
+def test_installed_versions_match_pins(pkg, version):
+    """The environment is the measured stack; a failed or skipped install
+    step shows up here rather than as an odd error later."""
+    from importlib.metadata import version as installed
+    assert installed(pkg).split('+')[0] == version
+
+
+def test_mmcv_compiled_ops():
+    from mmcv.ops import nms
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.],
+                          [20., 20., 30., 30.]])
+    _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
+    assert keep.tolist() == [0, 2]
