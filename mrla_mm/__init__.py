@@ -12,6 +12,6 @@ from .version import __version__, version_info
 # A machine with torch alone (e.g. one that only builds and times the ops)
 # can still import mrla_mm.ops; everywhere else the modules are registered.
 if importlib.util.find_spec('mmengine') is not None:
-    from . import models  # noqa: F401
+    from . import engine, models  # noqa: F401
 
 __all__ = ['__version__', 'version_info']
