@@ -12,6 +12,12 @@ works without a GPU; see ``mrla_mm.engine.launch``.
 """
 import argparse
 import os
+
+# mmengine 0.10 checkpoints hold numpy arrays, log buffers and bound
+# methods, which torch >= 2.6 refuses to unpickle by default
+# (weights_only=True). Load them in full, as mmengine did before: only
+# give these tools checkpoints you trust. Set the variable to 0 to refuse.
+os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 import os.path as osp
 
 from mmdet.evaluation import DumpDetResults
@@ -74,6 +80,9 @@ def build_config(args) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    # mmdet's visualization hook joins work_dir and --show-dir again at
+    # every iteration: only an absolute work_dir keeps the path fixed.
+    cfg.work_dir = osp.abspath(cfg.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         hook = cfg.default_hooks.get('visualization')

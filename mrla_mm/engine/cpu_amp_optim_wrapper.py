@@ -1,11 +1,22 @@
 from contextlib import contextmanager
+from typing import Sequence
 
 import torch
 from mmdet.registry import OPTIM_WRAPPERS
+from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
-from torch import nn
+from torch import Tensor, nn
 
 CPU_AMP_DTYPES = ('bfloat16', )
+
+
+def _to_float32(output):
+    """``output`` with its floating-point tensors cast to float32."""
+    if isinstance(output, Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (list, tuple)):
+        return type(output)(_to_float32(o) for o in output)
+    return output
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -14,26 +25,69 @@ class CPUAmpOptimWrapper(OptimWrapper):
 
     mmengine's :class:`AmpOptimWrapper` requires a GPU (it builds a CUDA
     ``GradScaler``). On the CPU, autocast supports bfloat16, whose exponent
-    range equals float32's, so no loss scaling is needed: this wrapper runs
-    the forward pass (and hence the loss) under
-    ``torch.autocast('cpu', dtype=torch.bfloat16)`` and steps as
-    :class:`OptimWrapper` does. Parameters, gradients and optimizer state
-    stay float32.
+    range equals float32's, so no loss scaling is needed. mmcv's CPU ops
+    (NMS, RoIAlign) have no bfloat16 kernels, so autocast covers the
+    submodules named in ``autocast_modules`` (by default the backbone and
+    the neck, where the convolutions are) and their outputs return to
+    float32 for the heads. Autocast is on only inside
+    :meth:`optim_context`, i.e. in training forward passes; parameters,
+    gradients and optimizer state stay float32.
 
     Args:
         dtype (str): Autocast dtype; only ``'bfloat16'``.
+        autocast_modules (Sequence[str]): Names of the model's submodules
+            to run under autocast. Defaults to ``('backbone', 'neck')``.
         **kwargs: Arguments of :class:`OptimWrapper`.
     """
 
-    def __init__(self, dtype: str = 'bfloat16', **kwargs):
+    def __init__(self,
+                 dtype: str = 'bfloat16',
+                 autocast_modules: Sequence[str] = ('backbone', 'neck'),
+                 **kwargs):
         if dtype not in CPU_AMP_DTYPES:
             raise ValueError(f'dtype of CPUAmpOptimWrapper must be one of '
                              f'{CPU_AMP_DTYPES}, got {dtype!r}')
         super().__init__(**kwargs)
         self.cast_dtype = getattr(torch, dtype)
+        self.autocast_modules = tuple(autocast_modules)
+        self._hooked = None
+        self._active = False
+        self._contexts = []
+
+    def _hook(self, model: nn.Module) -> None:
+        """Put autocast around the forward of ``autocast_modules``."""
+        module = model.module if is_model_wrapper(model) else model
+        children = dict(module.named_children())
+        for name in self.autocast_modules:
+            if name not in children:
+                raise ValueError(
+                    f'autocast_modules names {name!r}, which '
+                    f'{type(module).__name__} does not have; its '
+                    f'submodules are {tuple(children)}')
+            children[name].register_forward_pre_hook(self._enter)
+            children[name].register_forward_hook(
+                self._exit, always_call=True)
+        self._hooked = model
+
+    def _enter(self, module: nn.Module, args) -> None:
+        if self._active:
+            context = torch.autocast('cpu', dtype=self.cast_dtype)
+            context.__enter__()
+            self._contexts.append((module, context))
+
+    def _exit(self, module: nn.Module, args, output):
+        if self._contexts and self._contexts[-1][0] is module:
+            self._contexts.pop()[1].__exit__(None, None, None)
+            return _to_float32(output)
+        return None
 
     @contextmanager
     def optim_context(self, model: nn.Module):
-        with super().optim_context(model), torch.autocast(
-                'cpu', dtype=self.cast_dtype):
-            yield
+        if self._hooked is not model:
+            self._hook(model)
+        with super().optim_context(model):
+            self._active = True
+            try:
+                yield
+            finally:
+                self._active = False

@@ -68,7 +68,8 @@ def setup_cpu_distributed(cfg: Config) -> None:
     then finds it initialised and goes on as usual (DDP, distributed
     samplers, collective evaluation). SyncBN cannot run on CPU tensors, so
     every SyncBN norm config becomes BN (per-process statistics), with a
-    warning; with a GPU nothing changes.
+    warning; DDP gets ``device_ids=None`` (a CPU module). With a GPU nothing
+    changes.
 
     Does nothing with a GPU or with ``launcher='none'``.
 
@@ -100,6 +101,17 @@ def setup_cpu_distributed(cfg: Config) -> None:
         warnings.warn(f'no GPU: sync_bn={cfg.sync_bn!r} is not applied '
                       f'(SyncBN cannot run on the CPU)')
         cfg.sync_bn = None
+    # mmengine hands DDP device_ids=[LOCAL_RANK], which DDP refuses for a
+    # CPU model; a wrapper config's own keys take precedence over that.
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if wrapper.get('device_ids') is not None:
+        raise ValueError(f'model_wrapper_cfg.device_ids must be None without '
+                         f'a GPU, got {wrapper["device_ids"]!r}')
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(
             backend='gloo',

@@ -1,0 +1,228 @@
+"""tools/train.py, tools/test.py and the launch scripts, end to end.
+
+Each test runs the real command lines on a tiny version of the demo config
+(a few 128x128 synthetic images, batch 2), on the CPU.
+"""
+import glob
+import json
+import math
+import os
+import os.path as osp
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO = osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_r18-mrlal_fpn_demo.py')
+NUM_TRAIN, NUM_VAL, BATCH = 8, 4, 2
+ITERS_PER_EPOCH = NUM_TRAIN // BATCH
+
+TINY_CONFIG = """
+_base_ = {base!r}
+data_root = {data_root!r}
+train_dataloader = dict(
+    batch_size={batch}, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root))
+val_dataloader = dict(
+    batch_size={batch}, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs={epochs}, val_interval={epochs})
+param_scheduler = [
+    dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=1)]
+default_hooks = dict(
+    logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
+log_processor = dict(window_size=1)
+"""
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('shapes')
+    subprocess.run([
+        sys.executable, 'tools/misc/make_demo_dataset.py',
+        str(root), '--num-train', str(NUM_TRAIN), '--num-val', str(NUM_VAL)
+    ], cwd=ROOT, check=True, capture_output=True)
+    return str(root) + '/'
+
+
+def tiny_config(tmp_path, data_root, epochs, extra=''):
+    path = tmp_path / f'tiny_{epochs}ep.py'
+    path.write_text(TINY_CONFIG.format(
+        base=DEMO, data_root=data_root, batch=BATCH, epochs=epochs) + extra)
+    return str(path)
+
+
+def run_tool(args, timeout=300, env=None, check=True):
+    """Run a tool from the repository root; return the finished process."""
+    proc = subprocess.run(
+        args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args} failed ({proc.returncode}):\n'
+                             f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+    return proc
+
+
+def train_cmd(config, work_dir, *extra):
+    return [sys.executable, 'tools/train.py', config, '--work-dir',
+            str(work_dir), *extra]
+
+
+def scalars(run_dir):
+    """Training log records (one per iteration) of one run."""
+    with open(osp.join(run_dir, 'vis_data', 'scalars.json')) as f:
+        return [r for r in map(json.loads, f) if 'loss' in r]
+
+
+def run_dirs(work_dir):
+    return sorted(d for d in glob.glob(osp.join(work_dir, '*', ''))
+                  if osp.isdir(osp.join(d, 'vis_data')))
+
+
+def adam_steps(ckpt):
+    steps = {float(s['step']) for s in ckpt['optimizer']['state'].values()}
+    assert len(steps) == 1
+    return steps.pop()
+
+
+def test_resume_after_interrupt(tmp_path, data_root):
+    """Kill training after a checkpoint; --resume continues from it."""
+    config = tiny_config(tmp_path, data_root, epochs=4)
+    work_dir = tmp_path / 'work'
+    first = subprocess.Popen(
+        train_cmd(config, work_dir), cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    last = work_dir / 'last_checkpoint'
+    deadline = time.time() + 300
+    # last_checkpoint is written once the checkpoint file is complete.
+    while not (last.exists() and last.read_text().endswith('epoch_2.pth')):
+        assert first.poll() is None, 'training ended before the interrupt'
+        assert time.time() < deadline, 'no epoch_2 checkpoint in time'
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (work_dir / 'epoch_4.pth').exists()
+    saved = torch.load(work_dir / 'epoch_2.pth', map_location='cpu',
+                       weights_only=False)
+    assert saved['meta']['epoch'] == 2
+    assert saved['meta']['iter'] == 2 * ITERS_PER_EPOCH
+    assert adam_steps(saved) == 2 * ITERS_PER_EPOCH
+
+    resumed = run_tool(train_cmd(config, work_dir, '--resume'))
+    log = resumed.stdout + resumed.stderr
+    assert f'resumed epoch: 2, iter: {2 * ITERS_PER_EPOCH}' in log
+    final = torch.load(work_dir / 'epoch_4.pth', map_location='cpu',
+                       weights_only=False)
+    assert final['meta']['epoch'] == 4
+    assert final['meta']['iter'] == 4 * ITERS_PER_EPOCH
+    # The optimizer state went on from the checkpoint's (AdamW's step
+    # counter and moments), not from a fresh optimizer.
+    assert adam_steps(final) == 4 * ITERS_PER_EPOCH
+
+    before, after = (scalars(d) for d in run_dirs(work_dir))
+    assert [r['iter'] for r in after] == list(
+        range(2 * ITERS_PER_EPOCH + 1, 4 * ITERS_PER_EPOCH + 1))
+    first_losses = [r['loss'] for r in before[:ITERS_PER_EPOCH]]
+    resumed_losses = [r['loss'] for r in after[:ITERS_PER_EPOCH]]
+    last_losses = [r['loss'] for r in before if
+                   ITERS_PER_EPOCH < r['iter'] <= 2 * ITERS_PER_EPOCH]
+    # A restart from scratch would repeat the first epoch's loss level.
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert mean(resumed_losses) < 0.7 * mean(first_losses)
+    assert mean(resumed_losses) < 1.3 * mean(last_losses)
+
+    # tools/test.py on the resumed checkpoint: COCO metrics and painted
+    # predictions of every val image.
+    tested = run_tool([
+        sys.executable, 'tools/test.py', config,
+        str(work_dir / 'epoch_4.pth'), '--work-dir',
+        str(tmp_path / 'test'), '--show-dir', 'vis'
+    ])
+    assert 'coco/bbox_mAP' in tested.stdout + tested.stderr
+    painted = glob.glob(str(tmp_path / 'test' / '*' / 'vis' / '*.png'))
+    assert len(painted) == NUM_VAL
+
+
+def test_amp_trains_without_nan(tmp_path, data_root):
+    config = tiny_config(tmp_path, data_root, epochs=2)
+    work_dir = tmp_path / 'amp'
+    proc = run_tool(train_cmd(config, work_dir, '--amp'))
+    assert "type='CPUAmpOptimWrapper'" in proc.stdout + proc.stderr
+    records = scalars(run_dirs(work_dir)[0])
+    assert len(records) == 2 * ITERS_PER_EPOCH
+    assert all(math.isfinite(r['loss']) for r in records)
+    ckpt = torch.load(work_dir / 'epoch_2.pth', map_location='cpu',
+                      weights_only=False)
+    weights = ckpt['state_dict']
+    assert all(torch.isfinite(w).all() for w in weights.values()
+               if w.is_floating_point())
+    assert all(w.dtype != torch.bfloat16 for w in weights.values())
+
+
+@pytest.mark.parametrize('mrla_cfg,message', [
+    ("dict(type='MRLALight', dim_per_head=48)",
+     'dim_per_head=48 does not divide channels=32'),
+    ("dict(type='MRLAHeavy')", "mrla_cfg['type'] must be one of"),
+])
+def test_wrong_mrla_argument_fails_at_build(tmp_path, data_root, mrla_cfg,
+                                            message):
+    config = tiny_config(
+        tmp_path, data_root, epochs=1,
+        extra=f'model = dict(backbone=dict(mrla_cfg={mrla_cfg}))\n')
+    proc = run_tool(train_cmd(config, tmp_path / 'bad'), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    # It failed while building the model, before any iteration.
+    assert 'Epoch(train)' not in proc.stdout + proc.stderr
+    assert not glob.glob(str(tmp_path / 'bad' / '*.pth'))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def test_distributed_train_and_test_on_cpu(tmp_path, data_root):
+    """torchrun, 2 processes, gloo: train, checkpoint, evaluate, test."""
+    config = tiny_config(tmp_path, data_root, epochs=1)
+    work_dir = tmp_path / 'dist'
+    env = dict(PYTHON=sys.executable, PORT=free_port(), OMP_NUM_THREADS='1')
+    proc = run_tool([
+        'bash', 'tools/dist_train.sh', config, '2', '--work-dir',
+        str(work_dir), '--cfg-options', 'model.backbone.norm_cfg.type=SyncBN'
+    ], env=env)
+    log = proc.stdout + proc.stderr
+    assert 'Distributed training: True' in log
+    assert 'SyncBN cannot run on the CPU' in log
+    # The distributed sampler gives each of the 2 processes half the data.
+    per_rank = NUM_TRAIN // (2 * BATCH)
+    assert f'Epoch(train) [1][{per_rank}/{per_rank}]' in log
+    assert 'coco/bbox_mAP' in log and 'coco/segm_mAP' in log
+    ckpt = torch.load(work_dir / 'epoch_1.pth', map_location='cpu',
+                      weights_only=False)
+    assert ckpt['meta']['iter'] == per_rank
+    assert not any(k.startswith('module.') for k in ckpt['state_dict'])
+
+    out = tmp_path / 'preds.pkl'
+    env['PORT'] = free_port()
+    run_tool([
+        'bash', 'tools/dist_test.sh', config,
+        str(work_dir / 'epoch_1.pth'), '2', '--work-dir',
+        str(tmp_path / 'dist_test'), '--out',
+        str(out)
+    ], env=env)
+    import pickle
+    with open(out, 'rb') as f:
+        predictions = pickle.load(f)
+    # Both processes' results are gathered: every val image once.
+    assert sorted(p['img_id'] for p in predictions) == list(
+        range(1, NUM_VAL + 1))
