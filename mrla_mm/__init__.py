@@ -2,7 +2,9 @@
 
 ``import mrla_mm`` registers every module of the package into mmdet's and
 mmpretrain's registries, so configs may name them after
-``custom_imports = dict(imports=['mrla_mm'], allow_failed_imports=False)``.
+``custom_imports = dict(imports=['mrla_mm'], allow_failed_imports=False)``,
+and makes mmengine check the hash of published checkpoints
+(:mod:`mrla_mm.utils.checkpoint_integrity`).
 :mod:`mrla_mm.ops` alone needs torch only.
 """
 import importlib.util
@@ -13,5 +15,9 @@ from .version import __version__, version_info
 # can still import mrla_mm.ops; everywhere else the modules are registered.
 if importlib.util.find_spec('mmengine') is not None:
     from . import engine, models  # noqa: F401
+    from .utils.checkpoint_integrity import register_integrity_check
+
+    # Published files (NAME-<sha256 prefix>.pth) are hash checked on load.
+    register_integrity_check()
 
 __all__ = ['__version__', 'version_info']
