@@ -1,0 +1,497 @@
+"""Record and draw where each MRLA layer looks.
+
+Forward hooks on the :class:`MRLABase` and :class:`MRLALight` layers of a
+model recompute, from the layer's own input and parameters, the quantities
+the layer used, with the functions of :mod:`mrla_mm.ops.mrla_math` (no
+second copy of the math):
+
+- MRLA-base: the softmax weights ``[B, G, t]`` that layer ``t`` puts on the
+  layers ``s <= t`` of its group, from its query and the keys in the
+  group's :class:`MRLACache` (which holds this layer's key once it ran);
+- MRLA-light: the per-head gate ``[B, G]`` (:meth:`MRLALight.gate`) and the
+  magnitude of the learned ``lambda`` averaged over each head's channels.
+
+Base groups are the layers sharing one cache (a ResNet stage); light layers
+are grouped by the module path before the block index (``layer1.0.mrla``
+-> ``layer1``). Everything is averaged over the images.
+"""
+import json
+import os
+import os.path as osp
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from mrla_mm.models.layers import MRLABase, MRLACache, MRLALight
+from mrla_mm.ops.mrla_math import (
+    base_weights,
+    channel_conv1d,
+    channel_descriptor,
+)
+
+
+def group_name(layer_name: str) -> str:
+    """``'layer1.0.mrla'`` -> ``'layer1'``: the path before the block index.
+    """
+    parts = layer_name.split('.')
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].isdigit():
+            return '.'.join(parts[:i]) or layer_name
+    return layer_name
+
+
+@dataclass
+class BaseGroupAttention:
+    """MRLA-base weights of the layers of one group (one cache).
+
+    Attributes:
+        name (str): The group, e.g. ``'layer2'``.
+        layers (list[str]): Module names of its MRLA layers, in order.
+        weights (list[Tensor]): ``weights[t]`` is ``[G, t + 1]``, the mean
+            over images of layer ``t``'s weights on layers ``0..t``.
+    """
+    name: str
+    layers: List[str]
+    weights: List[Tensor]
+
+    @property
+    def num_heads(self) -> int:
+        return self.weights[0].shape[0]
+
+    def matrix(self, head: Optional[int] = None) -> Tensor:
+        """``[T, T]`` map, row ``t`` = weights of layer ``t`` on ``s <= t``.
+
+        Averaged over heads, or of one ``head``; NaN above the diagonal.
+        Each row sums to one.
+        """
+        n = len(self.layers)
+        out = torch.full((n, n), float('nan'))
+        for t, w in enumerate(self.weights):
+            out[t, :t + 1] = w.mean(0) if head is None else w[head]
+        return out
+
+
+@dataclass
+class LightGroupAttention:
+    """MRLA-light gates and lambdas of the layers of one group.
+
+    Attributes:
+        name (str): The group, e.g. ``'layer2'``.
+        layers (list[str]): Module names of its MRLA layers, in order.
+        gates (Tensor): ``[L, G]`` mean gate per layer and head over images.
+        lambda_abs (Tensor): ``[L, G]`` mean ``|lambda|`` over each head's
+            channels (a parameter: the same for every image).
+    """
+    name: str
+    layers: List[str]
+    gates: Tensor
+    lambda_abs: Tensor
+
+
+@dataclass
+class LayerAttention:
+    """What :func:`record_layer_attention` found, averaged over images."""
+    num_images: int
+    base: List[BaseGroupAttention] = field(default_factory=list)
+    light: List[LightGroupAttention] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines per group of the numbers the pictures show."""
+        lines = []
+        if self.base:
+            lines.append(f'MRLA-base: softmax weights over earlier layers, '
+                         f'mean over {self.num_images} image(s) and heads')
+        for g in self.base:
+            m = g.matrix()
+            head = f'  {g.name}: {len(g.layers)} layers, {g.num_heads} heads'
+            if len(g.layers) == 1:
+                lines.append(head + ' (a lone layer attends to itself)')
+                continue
+            lines.append(
+                f'{head}; layers 1..{len(g.layers) - 1} put '
+                f'{m.diagonal()[1:].mean():.3f} on themselves and '
+                f'{m[1:, 0].mean():.3f} on the first layer (mean)')
+            for t in range(1, len(g.layers)):
+                row = m[t, :t + 1]
+                top = int(row.argmax())
+                lines.append(f'    {g.layers[t]}: self {row[t]:.3f}, most '
+                             f'on {g.layers[top]} ({row[top]:.3f})')
+        if self.light:
+            lines.append(f'MRLA-light: gate sigmoid(q.k/sqrt(d)) mean over '
+                         f'{self.num_images} image(s); |lambda| mean over '
+                         'channels')
+        for g in self.light:
+            lines.append(
+                f'  {g.name}: {len(g.layers)} layers, {g.gates.shape[1]} '
+                f'heads; gate mean {g.gates.mean():.3f} (min '
+                f'{g.gates.min():.3f}, max {g.gates.max():.3f}); |lambda| '
+                f'mean {g.lambda_abs.mean():.3f} (per layer: '
+                + ', '.join(f'{v:.2f}' for v in g.lambda_abs.mean(1)) + ')')
+        return '\n'.join(lines)
+
+    def to_dict(self) -> Dict:
+        """JSON-friendly numbers (lists of floats)."""
+        return dict(
+            num_images=self.num_images,
+            base=[
+                dict(name=g.name, layers=g.layers,
+                     weights=[w.tolist() for w in g.weights])
+                for g in self.base
+            ],
+            light=[
+                dict(name=g.name, layers=g.layers, gates=g.gates.tolist(),
+                     lambda_abs=g.lambda_abs.tolist()) for g in self.light
+            ])
+
+
+class LayerAttentionRecorder:
+    """Forward hooks that collect MRLA weights over several forward passes.
+
+    Use as a context manager around the forward passes, one image batch
+    each, then call :meth:`result`.
+
+    Args:
+        model (nn.Module): Any module holding MRLA layers.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [(n, m) for n, m in model.named_modules()
+                       if isinstance(m, (MRLABase, MRLALight))]
+        if not self.layers:
+            raise ValueError(
+                f'{type(model).__name__} has no MRLABase or MRLALight layer '
+                'to visualise')
+        self.handles = []
+        self.num_images = 0
+        # Sums over images, keyed by layer name.
+        self.base_sums: Dict[str, Tensor] = {}
+        self.light_sums: Dict[str, Tensor] = {}
+        self.base_groups: Optional[List[List[str]]] = None
+        self._pass_caches: List[MRLACache] = []
+        self._pass_groups: List[List[str]] = []
+
+    def __enter__(self):
+        for name, module in self.layers:
+            hook = self._base_hook if isinstance(
+                module, MRLABase) else self._light_hook
+            self.handles.append(
+                module.register_forward_hook(
+                    self._named(hook, name), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    @staticmethod
+    def _named(hook, name):
+        return lambda module, args, kwargs, output: hook(
+            name, module, args, kwargs)
+
+    @staticmethod
+    def _arg(args, kwargs, index, key):
+        return args[index] if len(args) > index else kwargs[key]
+
+    def _base_hook(self, name, module, args, kwargs):
+        x = self._arg(args, kwargs, 0, 'x')
+        cache = self._arg(args, kwargs, 1, 'cache')
+        # Keep the caches alive for the pass: they identify the groups.
+        for i, seen in enumerate(self._pass_caches):
+            if seen is cache:
+                group = self._pass_groups[i]
+                break
+        else:
+            self._pass_caches.append(cache)
+            group = []
+            self._pass_groups.append(group)
+        group.append(name)
+        if len(cache) != len(group):
+            raise RuntimeError(
+                f'{name} ran as layer {len(cache)} of its MRLA-base cache '
+                f'but is the {len(group)}th layer seen with it')
+        q = channel_conv1d(channel_descriptor(x), module.query_conv.weight)
+        w = base_weights(q, cache.stacked_keys(), module.num_heads)
+        self._add(self.base_sums, name, w.detach().float().sum(0))
+
+    def _light_hook(self, name, module, args, kwargs):
+        x = self._arg(args, kwargs, 0, 'x')
+        self._add(self.light_sums, name,
+                  module.gate(x).detach().float().sum(0))
+
+    @staticmethod
+    def _add(sums, name, value):
+        sums[name] = value if name not in sums else sums[name] + value
+
+    def forward(self, model: nn.Module, inputs: Tensor):
+        """Run ``model(inputs)`` once, counting ``inputs.shape[0]`` images.
+        """
+        self._pass_caches, self._pass_groups = [], []
+        with torch.no_grad():
+            out = model(inputs)
+        if self.base_groups is None:
+            self.base_groups = self._pass_groups
+        elif self.base_groups != self._pass_groups:
+            raise RuntimeError('the MRLA-base groups changed between passes:'
+                               f' {self.base_groups} vs {self._pass_groups}')
+        self._pass_caches = []
+        self.num_images += inputs.shape[0]
+        return out
+
+    def result(self) -> LayerAttention:
+        """Means over all images seen so far."""
+        if not self.num_images:
+            raise RuntimeError('no forward pass was recorded')
+        n = self.num_images
+        result = LayerAttention(num_images=n)
+        for layers in self.base_groups or []:
+            result.base.append(
+                BaseGroupAttention(
+                    group_name(layers[0]), list(layers),
+                    [self.base_sums[name] / n for name in layers]))
+        modules = dict(self.layers)
+        for name in self.light_sums:
+            module = modules[name]
+            lam = module.lambda_t.detach().float().abs()
+            lam = lam.reshape(module.num_heads, -1).mean(1)
+            gate = self.light_sums[name] / n
+            last = result.light[-1] if result.light else None
+            if (last is not None and last.name == group_name(name)
+                    and last.gates.shape[1] == gate.shape[0]):
+                last.layers.append(name)
+                last.gates = torch.cat([last.gates, gate[None]])
+                last.lambda_abs = torch.cat([last.lambda_abs, lam[None]])
+            else:
+                result.light.append(
+                    LightGroupAttention(group_name(name), [name], gate[None],
+                                        lam[None]))
+        return result
+
+
+def _short(name: str, group: str) -> str:
+    """Layer label inside its group: ``layer1.2.mrla`` -> ``2``."""
+    rest = name[len(group) + 1:] if name.startswith(group + '.') else name
+    return re.sub(r'\.mrla$', '', rest)
+
+
+def _grid(n: int, max_cols: int = 4):
+    cols = min(n, max_cols)
+    return (n + cols - 1) // cols, cols
+
+
+def plot_layer_attention(result: LayerAttention,
+                         out_dir: str,
+                         per_head: bool = False) -> List[str]:
+    """Write the PNG pictures of ``result`` into ``out_dir``.
+
+    Files: ``mrla_base_weights.png`` (one heatmap per group, querying layer
+    by attended layer, mean over heads), with ``per_head`` also
+    ``mrla_base_weights_<group>_per_head.png`` (per layer: heads by
+    attended layer); ``mrla_light_gates.png`` and ``mrla_light_lambda.png``
+    (layer by head).
+
+    Returns:
+        list[str]: The written paths.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        path = osp.join(out_dir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    if result.base:
+        rows, cols = _grid(len(result.base))
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+        for ax in axes.flat[len(result.base):]:
+            ax.axis('off')
+        for ax, g in zip(axes.flat, result.base):
+            m = g.matrix()
+            image = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap='viridis')
+            labels = [_short(n, g.name) for n in g.layers]
+            ax.set_xticks(range(len(labels)), labels, fontsize=7)
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_xlabel('attended layer s')
+            ax.set_ylabel('querying layer t')
+            ax.set_title(f'{g.name} (mean of {g.num_heads} heads)')
+            if len(labels) <= 8:
+                for t in range(len(labels)):
+                    for s in range(t + 1):
+                        ax.text(s, t, f'{m[t, s]:.2f}', ha='center',
+                                va='center', fontsize=7, color='w')
+            fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.suptitle(f'MRLA-base layer attention ({result.num_images} '
+                     'image(s))')
+        save(fig, 'mrla_base_weights.png')
+    if per_head:
+        for g in result.base:
+            rows, cols = _grid(len(g.layers), 6)
+            fig, axes = plt.subplots(
+                rows, cols, figsize=(2.2 * cols, 2.6 * rows),
+                squeeze=False)
+            for ax in axes.flat[len(g.layers):]:
+                ax.axis('off')
+            for t, (ax, w) in enumerate(zip(axes.flat, g.weights)):
+                ax.imshow(w.numpy(), vmin=0, vmax=1, cmap='viridis',
+                          aspect='auto', interpolation='nearest')
+                ax.set_title(_short(g.layers[t], g.name), fontsize=8)
+                ax.set_xticks(range(t + 1))
+                ax.tick_params(labelsize=6)
+                ax.set_xlabel('attended layer', fontsize=7)
+                ax.set_ylabel('head', fontsize=7)
+            fig.suptitle(f'MRLA-base {g.name}: weights per head')
+            save(fig, f'mrla_base_weights_{g.name}_per_head.png')
+    for attr, title, fname in [
+        ('gates', 'MRLA-light gate', 'mrla_light_gates.png'),
+        ('lambda_abs', 'MRLA-light |lambda| (mean over a head\'s channels)',
+         'mrla_light_lambda.png'),
+    ]:
+        if not result.light:
+            break
+        rows, cols = _grid(len(result.light))
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+        for ax in axes.flat[len(result.light):]:
+            ax.axis('off')
+        for ax, g in zip(axes.flat, result.light):
+            values = getattr(g, attr).numpy()
+            image = ax.imshow(
+                values, aspect='auto', interpolation='nearest',
+                cmap='magma', **(dict(vmin=0, vmax=1)
+                                 if attr == 'gates' else {}))
+            labels = [_short(n, g.name) for n in g.layers]
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_xlabel('head')
+            ax.set_ylabel('layer')
+            ax.set_title(g.name)
+            fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.suptitle(f'{title} ({result.num_images} image(s))'
+                     if attr == 'gates' else title)
+        save(fig, fname)
+    return written
+
+
+def _test_pipeline_cfg(cfg) -> List[dict]:
+    """The config's test pipeline without annotation loading."""
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    pipeline = dataset.get('pipeline') or cfg.get('test_pipeline')
+    if pipeline is None:
+        raise ValueError('the config has no test_dataloader.dataset.pipeline '
+                         'nor test_pipeline to prepare the images with')
+    return [
+        t for t in pipeline
+        if not str(t.get('type', '')).endswith('LoadAnnotations')
+    ]
+
+
+def build_model_from_checkpoint(config: str, checkpoint: str,
+                                device: str = 'cpu'):
+    """Build a config's model and load a checkpoint into it (eval mode).
+
+    ``checkpoint`` may hold the whole model (``backbone.*`` keys, e.g. a
+    trained detector, published or not) or the backbone alone (e.g. a
+    converted ImageNet checkpoint). Published files are hash checked.
+    Its backbone weights must fit the backbone exactly: the pictures of a
+    partly random backbone would mislead.
+
+    Returns:
+        tuple: ``(model, cfg)``.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    cfg = Config.fromfile(config)
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    if scope == 'mmpretrain':
+        from mmpretrain.registry import MODELS
+    else:
+        from mmdet.registry import MODELS
+    model = MODELS.build(cfg.model)
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    state_dict = ckpt.get('state_dict', ckpt)
+    state_dict = {
+        (k[len('module.'):] if k.startswith('module.') else k): v
+        for k, v in state_dict.items()
+    }
+    backbone = getattr(model, 'backbone', model)
+    whole = any(k.startswith('backbone.') for k in state_dict)
+    target = model if whole else backbone
+    missing, unexpected = target.load_state_dict(state_dict, strict=False)
+    prefix = 'backbone.' if whole and target is not backbone else ''
+    lost = [k for k in missing if k.startswith(prefix)]
+    extra = [k for k in unexpected if k.startswith(prefix)]
+    if lost or extra:
+        raise KeyError(
+            f'the backbone weights of {checkpoint} do not fit the backbone '
+            f'of {config}: it lacks {len(lost)} (e.g. {lost[:3]}) and has '
+            f'{len(extra)} unknown (e.g. {extra[:3]}); it does not belong '
+            'to this config')
+    model.to(device).eval()
+    return model, cfg
+
+
+def record_layer_attention(model: nn.Module, cfg, images: Sequence[str],
+                           device: str = 'cpu') -> LayerAttention:
+    """Run the backbone of ``model`` on each image and record its MRLA.
+
+    Args:
+        model (nn.Module): An mmdet detector, an mmpretrain classifier (its
+            ``backbone`` is run) or a bare backbone.
+        cfg (Config): The model's config; its test pipeline (annotation
+            loading removed) and the model's data preprocessor prepare the
+            images as in testing.
+        images (Sequence[str]): Image files.
+
+    Returns:
+        LayerAttention
+    """
+    from mmengine.dataset import Compose, pseudo_collate
+
+    if not images:
+        raise ValueError('images must name at least one image file')
+    missing = [p for p in images if not osp.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f'images not found: {missing}')
+    pipeline = Compose(_test_pipeline_cfg(cfg))
+    backbone = getattr(model, 'backbone', model)
+    with LayerAttentionRecorder(backbone) as recorder:
+        for i, path in enumerate(images):
+            data = pseudo_collate([pipeline(dict(img_path=path, img_id=i))])
+            inputs = model.data_preprocessor(data, False)['inputs']
+            recorder.forward(backbone, inputs.to(device))
+    return recorder.result()
+
+
+def visualize_layer_attention(config: str,
+                              checkpoint: str,
+                              images: Sequence[str],
+                              out_dir: str,
+                              per_head: bool = False,
+                              device: str = 'cpu') -> LayerAttention:
+    """Record, draw and summarise a checkpoint's MRLA layer attention.
+
+    Writes the PNGs of :func:`plot_layer_attention`, ``summary.txt`` and
+    ``layer_attention.json`` (all the numbers) into ``out_dir``.
+    """
+    model, cfg = build_model_from_checkpoint(config, checkpoint, device)
+    result = record_layer_attention(model, cfg, images, device)
+    plot_layer_attention(result, out_dir, per_head)
+    with open(osp.join(out_dir, 'summary.txt'), 'w') as f:
+        f.write(result.summary() + '\n')
+    with open(osp.join(out_dir, 'layer_attention.json'), 'w') as f:
+        json.dump(result.to_dict(), f)
+    return result
