@@ -176,7 +176,7 @@ def convert(state_dict: Dict,
     if found.startswith('resnet'):
         return convert_resnet(state_dict, fmt, keep_head), found
     from .deit_convert import convert_deit
-    return convert_deit(state_dict, found, keep_head), found
+    return convert_deit(state_dict, found, keep_head, fmt), found
 
 
 def check_state_dict(state_dict: Dict, model: torch.nn.Module) -> None:

@@ -12,9 +12,11 @@ from .mrla_resnet_cls import (
                           MRLAClsResNet,
 )
 from .mrla_resnext import MRLAResNeXt, MRLAResNeXtBottleneck
+from .mrla_vit import MRLATokenBranch, MRLAVisionTransformer
 
 __all__ = [
     'MRLABasicBlock', 'MRLABlockMixin', 'MRLABottleneck', 'MRLAClsBasicBlock',
     'MRLAClsBottleneck', 'MRLAClsResLayer', 'MRLAClsResNet', 'MRLAResLayer',
-    'MRLAResNeXt', 'MRLAResNeXtBottleneck', 'MRLAResNet', 'mrla_stage_forward'
+    'MRLAResNeXt', 'MRLAResNeXtBottleneck', 'MRLAResNet', 'MRLATokenBranch',
+    'MRLAVisionTransformer', 'mrla_stage_forward'
 ]
