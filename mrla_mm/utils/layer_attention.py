@@ -44,6 +44,10 @@ def group_name(layer_name: str) -> str:
     return layer_name
 
 
+def _count(n: int, noun: str) -> str:
+    return f'{n} {noun}' + ('' if n == 1 else 's')
+
+
 @dataclass
 class BaseGroupAttention:
     """MRLA-base weights of the layers of one group (one cache).
@@ -107,7 +111,8 @@ class LayerAttention:
                          f'mean over {self.num_images} image(s) and heads')
         for g in self.base:
             m = g.matrix()
-            head = f'  {g.name}: {len(g.layers)} layers, {g.num_heads} heads'
+            head = (f'  {g.name}: {len(g.layers)} layers, '
+                    f'{_count(g.num_heads, "head")}')
             if len(g.layers) == 1:
                 lines.append(head + ' (a lone layer attends to itself)')
                 continue
@@ -126,9 +131,10 @@ class LayerAttention:
                          'channels')
         for g in self.light:
             lines.append(
-                f'  {g.name}: {len(g.layers)} layers, {g.gates.shape[1]} '
-                f'heads; gate mean {g.gates.mean():.3f} (min '
-                f'{g.gates.min():.3f}, max {g.gates.max():.3f}); |lambda| '
+                f'  {g.name}: {len(g.layers)} layers, '
+                f'{_count(g.gates.shape[1], "head")}; gate mean '
+                f'{g.gates.mean():.3f} (min {g.gates.min():.3f}, max '
+                f'{g.gates.max():.3f}); |lambda| '
                 f'mean {g.lambda_abs.mean():.3f} (per layer: '
                 + ', '.join(f'{v:.2f}' for v in g.lambda_abs.mean(1)) + ')')
         return '\n'.join(lines)
@@ -300,6 +306,7 @@ def plot_layer_attention(result: LayerAttention,
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -348,6 +355,7 @@ def plot_layer_attention(result: LayerAttention,
                           aspect='auto', interpolation='nearest')
                 ax.set_title(_short(g.layers[t], g.name), fontsize=8)
                 ax.set_xticks(range(t + 1))
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.tick_params(labelsize=6)
                 ax.set_xlabel('attended layer', fontsize=7)
                 ax.set_ylabel('head', fontsize=7)
@@ -373,6 +381,7 @@ def plot_layer_attention(result: LayerAttention,
                                  if attr == 'gates' else {}))
             labels = [_short(n, g.name) for n in g.layers]
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel('head')
             ax.set_ylabel('layer')
             ax.set_title(g.name)
