@@ -256,3 +256,47 @@ def test_group_name():
     assert group_name('stages.2.11.mrla') == 'stages.2'
     assert group_name('layers.3.mrla') == 'layers'
     assert group_name('mrla') == 'mrla'
+
+
+VIT = """
+default_scope = 'mmpretrain'
+model = dict(
+    type='ImageClassifier',
+    data_preprocessor=dict(
+        type='ClsDataPreprocessor', mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375], to_rgb=True),
+    backbone=dict(
+        type='MRLAVisionTransformer', img_size=32, patch_size=8,
+        arch=dict(embed_dims=32, num_layers=6, num_heads=2,
+                  feedforward_channels=64),
+        mrla_cfg=dict(type='MRLABase'), mrla_group_size=3),
+    neck=None,
+    head=dict(type='VisionTransformerClsHead', num_classes=3,
+              in_channels=32))
+test_dataloader = dict(dataset=dict(pipeline=[
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=32, edge='short'),
+    dict(type='CenterCrop', crop_size=32),
+    dict(type='PackInputs'),
+]))
+"""
+
+
+def test_vit_base_groups(images, tmp_path):
+    """A ViT's MRLA-base groups share one module list: named by range."""
+    config = str(tmp_path / 'vit.py')
+    with open(config, 'w') as f:
+        f.write(VIT)
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / 'vit.pth')
+    torch.save(dict(state_dict=build(config).state_dict()), ckpt)
+    result = visualize_layer_attention(config, ckpt, images[:2],
+                                       str(tmp_path / 'vis'), per_head=True)
+    assert [g.name for g in result.base] == ['layers.0-2', 'layers.3-5']
+    assert result.base[1].layers[0] == 'layers.3.mrla.mrla'
+    for g in result.base:
+        assert g.num_heads == 2
+        assert torch.allclose(g.matrix().nansum(1), torch.ones(3),
+                              atol=1e-6)
+    assert (tmp_path / 'vis' / 'mrla_base_weights_layers.3-5_per_head.png'
+            ).is_file()

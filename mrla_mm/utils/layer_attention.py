@@ -11,9 +11,10 @@ second copy of the math):
 - MRLA-light: the per-head gate ``[B, G]`` (:meth:`MRLALight.gate`) and the
   magnitude of the learned ``lambda`` averaged over each head's channels.
 
-Base groups are the layers sharing one cache (a ResNet stage); light layers
-are grouped by the module path before the block index (``layer1.0.mrla``
--> ``layer1``). Everything is averaged over the images.
+Base groups are the layers sharing one cache (a ResNet stage, a block group
+of a ViT, named by its range, e.g. ``layers.4-7``); light layers are
+grouped by the module path before the block index (``layer1.0.mrla`` ->
+``layer1``). Everything is averaged over the images.
 """
 import json
 import os
@@ -254,11 +255,19 @@ class LayerAttentionRecorder:
             raise RuntimeError('no forward pass was recorded')
         n = self.num_images
         result = LayerAttention(num_images=n)
-        for layers in self.base_groups or []:
+        groups = self.base_groups or []
+        names = [group_name(layers[0]) for layers in groups]
+        for layers, name in zip(groups, names):
+            if names.count(name) > 1:
+                # Several caches in one module list (a ViT's block groups):
+                # name each by its block range, e.g. 'layers.4-7'.
+                first, last = (_short(layers[i]).split('.')[0]
+                               for i in (0, -1))
+                name = f'{name}.{first}-{last}'
             result.base.append(
                 BaseGroupAttention(
-                    group_name(layers[0]), list(layers),
-                    [self.base_sums[name] / n for name in layers]))
+                    name, list(layers),
+                    [self.base_sums[layer] / n for layer in layers]))
         modules = dict(self.layers)
         for name in self.light_sums:
             module = modules[name]
@@ -278,10 +287,9 @@ class LayerAttentionRecorder:
         return result
 
 
-def _short(name: str, group: str) -> str:
+def _short(name: str) -> str:
     """Layer label inside its group: ``layer1.2.mrla`` -> ``2``."""
-    rest = name[len(group) + 1:] if name.startswith(group + '.') else name
-    return re.sub(r'\.mrla$', '', rest)
+    return re.sub(r'(\.mrla)+$', '', name[len(group_name(name)) + 1:])
 
 
 def _grid(n: int, max_cols: int = 4):
@@ -327,7 +335,7 @@ def plot_layer_attention(result: LayerAttention,
         for ax, g in zip(axes.flat, result.base):
             m = g.matrix()
             image = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap='viridis')
-            labels = [_short(n, g.name) for n in g.layers]
+            labels = [_short(n) for n in g.layers]
             ax.set_xticks(range(len(labels)), labels, fontsize=7)
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
             ax.set_xlabel('attended layer s')
@@ -353,7 +361,7 @@ def plot_layer_attention(result: LayerAttention,
             for t, (ax, w) in enumerate(zip(axes.flat, g.weights)):
                 ax.imshow(w.numpy(), vmin=0, vmax=1, cmap='viridis',
                           aspect='auto', interpolation='nearest')
-                ax.set_title(_short(g.layers[t], g.name), fontsize=8)
+                ax.set_title(_short(g.layers[t]), fontsize=8)
                 ax.set_xticks(range(t + 1))
                 ax.yaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.tick_params(labelsize=6)
@@ -379,7 +387,7 @@ def plot_layer_attention(result: LayerAttention,
                 values, aspect='auto', interpolation='nearest',
                 cmap='magma', **(dict(vmin=0, vmax=1)
                                  if attr == 'gates' else {}))
-            labels = [_short(n, g.name) for n in g.layers]
+            labels = [_short(n) for n in g.layers]
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel('head')
