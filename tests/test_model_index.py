@@ -15,7 +15,9 @@ from mmengine.registry import init_default_scope
 import mrla_mm  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-# Config folders that are not model-zoo families.
+# Config folders that are not model-zoo families; in a family folder,
+# configs named '*demo*' (small runs on synthetic or folder data) are not
+# model-zoo entries either.
 NOT_INDEXED = {'demo', '_base_'}
 TASKS = {
     'Object Detection', 'Instance Segmentation', 'Image Classification'
@@ -56,7 +58,8 @@ def test_every_family_and_config_is_indexed():
         folder = osp.dirname(metafile)
         configs = sorted(
             osp.relpath(p, ROOT)
-            for p in glob.glob(osp.join(ROOT, folder, '*.py')))
+            for p in glob.glob(osp.join(ROOT, folder, '*.py'))
+            if 'demo' not in osp.basename(p))
         listed = sorted(m['Config'] for m in load_yaml(metafile)['Models'])
         assert listed == configs, metafile
 
@@ -113,8 +116,10 @@ def test_model_entry_matches_its_config(metafile, model):
     assert meta['Training Data'] in DATASETS
     assert meta['Epochs'] == epochs(cfg)
     assert meta['Batch Size'] == cfg.auto_scale_lr.base_batch_size
-    init_cfg = cfg.model.backbone.get('init_cfg') or {}
-    assert meta.get('Pretrained') == init_cfg.get('checkpoint')
+    init_cfg = cfg.model.backbone.get('init_cfg')
+    pretrained = init_cfg.checkpoint if isinstance(
+        init_cfg, dict) and init_cfg.type == 'Pretrained' else None
+    assert meta.get('Pretrained') == pretrained
     for result in model['Results']:
         assert result['Task'] in TASKS
         assert result['Dataset'] == meta['Training Data']
@@ -130,3 +135,15 @@ def test_model_entry_matches_its_config(metafile, model):
     assert 'MRLA' in type(built.backbone).__name__
     assert built.backbone.mrla_cfg['type'] in ('MRLALight', 'MRLABase')
     assert meta['Parameters'] == sum(p.numel() for p in built.parameters())
+
+
+def test_flops_are_reproducible():
+    """Re-measure the cheapest entry that lists FLOPs (all take minutes)."""
+    from mrla_mm.utils.complexity import model_complexity
+    listed = [m for _, m in MODELS if 'FLOPs' in m['Metadata']]
+    assert listed
+    model = min(listed, key=lambda m: m['Metadata']['FLOPs'])
+    built = build_model(Config.fromfile(osp.join(ROOT, model['Config'])))
+    info = model_complexity(built, (224, 224))
+    assert info['flops'] == model['Metadata']['FLOPs'], model['Name']
+    assert info['params'] == model['Metadata']['Parameters']
