@@ -226,3 +226,57 @@ def test_distributed_train_and_test_on_cpu(tmp_path, data_root):
     # Both processes' results are gathered: every val image once.
     assert sorted(p['img_id'] for p in predictions) == list(
         range(1, NUM_VAL + 1))
+
+
+def load_tool(name, monkeypatch):
+    """Import tools/NAME.py as a module (its env default stays local)."""
+    import importlib.util
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0')
+    spec = importlib.util.spec_from_file_location(
+        f'mrla_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_options_reach_the_config(monkeypatch, tmp_path):
+    import argparse
+    train = load_tool('train', monkeypatch)
+    args = argparse.Namespace(
+        config=DEMO, work_dir=None, amp=True, auto_scale_lr=True,
+        resume='auto', launcher='none',
+        cfg_options={'train_cfg.max_epochs': 3})
+    cfg = train.build_config(args)
+    assert cfg.work_dir == osp.join('./work_dirs',
+                                    'mask-rcnn_r18-mrlal_fpn_demo')
+    assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+    assert cfg.auto_scale_lr.enable
+    assert cfg.resume is True and cfg.load_from is None
+    assert cfg.train_cfg.max_epochs == 3
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_bytes(b'')
+    args.resume, args.work_dir = str(ckpt), str(tmp_path)
+    cfg = train.build_config(args)
+    assert cfg.load_from == str(ckpt) and cfg.work_dir == str(tmp_path)
+    args.resume = str(tmp_path / 'missing.pth')
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        train.build_config(args)
+
+
+def test_test_options_reach_the_config(monkeypatch, tmp_path):
+    import argparse
+    test = load_tool('test', monkeypatch)
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_bytes(b'')
+    args = argparse.Namespace(
+        config=DEMO, checkpoint=str(ckpt), work_dir='rel_dir', out=None,
+        show=False, show_dir='vis', wait_time=2, launcher='none',
+        cfg_options=None)
+    cfg = test.build_config(args)
+    assert cfg.load_from == str(ckpt)
+    assert cfg.work_dir == osp.abspath('rel_dir')
+    hook = cfg.default_hooks.visualization
+    assert hook.draw and hook.test_out_dir == 'vis'
+    args.out = 'results.json'
+    with pytest.raises(ValueError, match="'results.json'"):
+        test.build_config(args)
