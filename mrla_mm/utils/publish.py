@@ -152,6 +152,7 @@ def publish_checkpoint(in_file: str, out_file: str,
         dict: ``path`` (the written file), ``sha256``, ``size`` (bytes),
         ``removed_keys`` and ``num_tensors``.
     """
+    in_file, out_file = osp.expanduser(in_file), osp.expanduser(out_file)
     if not osp.isfile(in_file):
         raise FileNotFoundError(f'in_file {in_file!r} does not exist')
     checkpoint = torch.load(in_file, map_location='cpu', weights_only=False)
