@@ -42,6 +42,11 @@ def test_resnet50_reference_counts(counts):
     assert counts['base']['params'] == 25_742_580
 
 
+def test_base_flops_count_the_readout(counts):
+    # The authors' base model, deep stem included, counts 4.433 G.
+    assert abs(counts['base']['flops'] / 1e9 - 4.433) < 0.001
+
+
 def test_light_delta(counts):
     assert counts['light']['params'] - counts['plain']['params'] == 181_420
     delta = (counts['light']['flops'] - counts['plain']['flops']) / 1e9

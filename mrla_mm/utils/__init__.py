@@ -1,10 +1,10 @@
 from .ckpt_convert import (
-                           ARCHS,
-                           CheckpointError,
-                           check_state_dict,
-                           convert,
-                           detect_arch,
-                           load_reference_checkpoint,
+    ARCHS,
+    CheckpointError,
+    check_state_dict,
+    convert,
+    detect_arch,
+    load_reference_checkpoint,
 )
 
 __all__ = [

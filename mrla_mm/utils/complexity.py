@@ -1,13 +1,18 @@
 """Parameter and FLOP counts through mmengine's analysis (fvcore-style).
 
 FLOPs count one multiply-add as one FLOP, as mmengine's counter does;
-elementwise ops (gates, additions, activations) are not counted.
+elementwise ops (gates, additions, activations) are not counted. The one
+exception is MRLA-base's readout, a weighted sum over the cached values:
+the reference computes it with an einsum, which mmengine counts, so it is
+added here as one multiply-add per cached value element.
 """
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 from mmengine.analysis import get_model_complexity_info
+
+from mrla_mm.models.layers import MRLABase
 
 
 class _DetectorTensorForward(nn.Module):
@@ -28,6 +33,26 @@ class _DetectorTensorForward(nn.Module):
 
     def forward(self, x):
         return self.detector._forward(x, [self.sample])
+
+
+def _base_readout_flops(model: nn.Module, inputs: tuple) -> int:
+    """Multiply-adds of every MRLA-base readout in one forward pass."""
+    total = [0]
+
+    def count(layer, args, out):
+        total[0] += out.numel() * len(args[1])  # args: (x, cache)
+
+    hooks = [
+        m.register_forward_hook(count) for m in model.modules()
+        if isinstance(m, MRLABase)
+    ]
+    if hooks:
+        try:
+            model(*inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return total[0]
 
 
 def model_complexity(model: nn.Module,
@@ -55,14 +80,13 @@ def model_complexity(model: nn.Module,
     elif hasattr(model, 'roi_head') or hasattr(model, 'bbox_head'):
         model = _DetectorTensorForward(model, shape)
     model.eval()  # some OpenMMLab backbones return None from train()
+    inputs = (torch.rand(1, 3, *shape), )
     with torch.no_grad():
         info = get_model_complexity_info(
-            model,
-            inputs=(torch.rand(1, 3, *shape), ),
-            show_table=False,
-            show_arch=False)
+            model, inputs=inputs, show_table=False, show_arch=False)
+        flops = int(info['flops']) + _base_readout_flops(model, inputs)
     return dict(
         params=int(info['params']),
-        flops=int(info['flops']),
+        flops=flops,
         params_str=info['params_str'],
-        flops_str=info['flops_str'])
+        flops_str=f'{flops / 1e9:.3f}G')
