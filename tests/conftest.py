@@ -14,6 +14,16 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Numerical gradient checks run thousands of tiny ops: threads only
+    add synchronisation, and on a busy machine a lot of it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rel_err(a, b):
     """max |a - b| / max |b|, computed in float64."""
     a, b = a.detach().double(), b.detach().double()

@@ -114,7 +114,7 @@ def test_light_matches_reference(shape, d, value_act):
                    _light_ref(layer, x, o_prev)) < 1e-13
 
 
-def test_light_gradcheck():
+def test_light_gradcheck(one_thread):
     layer = MRLALight(32, num_heads=4, value_act='gelu').double()
     x = torch.randn(2, 32, 4, 5, dtype=torch.float64, requires_grad=True)
     o = torch.randn(2, 32, 4, 5, dtype=torch.float64, requires_grad=True)
