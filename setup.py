@@ -1,6 +1,12 @@
+import glob
+import importlib.util
+import os
 import os.path as osp
+import warnings
 
 from setuptools import find_packages, setup
+
+OPS_DIR = osp.join('mrla_mm', 'ops', 'csrc')
 
 
 def get_version():
@@ -26,7 +32,93 @@ def parse_requirements(fname):
     return reqs
 
 
+def package_dir(name):
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def mmcv_include_dirs():
+    """mmcv's C++ helper headers, taken from the installed mmcv."""
+    root = package_dir('mmcv')
+    common = root and osp.join(root, 'ops', 'csrc', 'common')
+    if not common or not osp.exists(
+            osp.join(common, 'pytorch_device_registry.hpp')):
+        raise RuntimeError(
+            'the MRLA ops need the C++ headers of an installed mmcv '
+            '(mmcv/ops/csrc/common/pytorch_device_registry.hpp); install '
+            'mmcv first or set MRLA_WITH_OPS=0 to skip the extension')
+    return [common, osp.join(common, 'cuda')]
+
+
+def cuda_wheel_dirs():
+    """Headers and libraries of the CUDA runtime shipped with torch's
+    wheels (``nvidia/cu*``), which a partial CUDA toolkit may lack."""
+    root = package_dir('nvidia')
+    if root is None:
+        return [], []
+    incs = sorted(glob.glob(osp.join(root, 'cu*', 'include')))
+    libs = sorted(glob.glob(osp.join(root, 'cu*', 'lib')))
+    return incs, libs
+
+
+def make_extensions():
+    """The ``mrla_mm._ext`` extension: CPU always, CUDA when a toolkit is
+    found (``FORCE_CUDA=1`` forces it); ``MRLA_WITH_OPS=0`` builds none."""
+    if os.getenv('MRLA_WITH_OPS', '1') == '0':
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import (
+            CUDA_HOME,
+            BuildExtension,
+            CppExtension,
+            CUDAExtension,
+        )
+    except ImportError:
+        warnings.warn('torch is not importable: building mrla_mm without '
+                      'its compiled ops (the pure-PyTorch path is used)')
+        return [], {}
+    sources = glob.glob(osp.join(OPS_DIR, 'pytorch', '*.cpp')) + glob.glob(
+        osp.join(OPS_DIR, 'pytorch', 'cpu', '*.cpp'))
+    include_dirs = [osp.abspath(osp.join(OPS_DIR, 'common'))
+                    ] + mmcv_include_dirs()
+    # Our own sources need C++20 whatever the torch headers would pick.
+    cxx_flags = ['-O3', '-std=c++20']
+    define_macros = []
+    with_cuda = os.getenv('FORCE_CUDA', '0') == '1' or (
+        torch.cuda.is_available() and CUDA_HOME is not None)
+    if not with_cuda:
+        return [
+            CppExtension(
+                'mrla_mm._ext',
+                sorted(sources),
+                include_dirs=include_dirs,
+                extra_compile_args={'cxx': cxx_flags})
+        ], {'build_ext': BuildExtension}
+    sources += glob.glob(osp.join(OPS_DIR, 'pytorch', 'cuda', '*.cu'))
+    sources += glob.glob(osp.join(OPS_DIR, 'pytorch', 'cuda', '*.cpp'))
+    include_dirs.append(osp.abspath(osp.join(OPS_DIR, 'common', 'cuda')))
+    wheel_incs, wheel_libs = cuda_wheel_dirs()
+    define_macros.append(('MRLA_WITH_CUDA', None))
+    return [
+        CUDAExtension(
+            'mrla_mm._ext',
+            sorted(sources),
+            include_dirs=include_dirs + wheel_incs,
+            library_dirs=wheel_libs,
+            define_macros=define_macros,
+            extra_compile_args={
+                'cxx': cxx_flags,
+                'nvcc': ['-O3', '-std=c++20', '--expt-relaxed-constexpr'],
+            })
+    ], {'build_ext': BuildExtension}
+
+
 if __name__ == '__main__':
+    ext_modules, cmdclass = make_extensions()
     setup(
         name='mrla_mm',
         version=get_version(),
@@ -44,4 +136,6 @@ if __name__ == '__main__':
             'tests': parse_requirements('requirements/tests.txt'),
             'build': parse_requirements('requirements/build.txt'),
         },
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
         zip_safe=False)

@@ -1,8 +1,92 @@
 """MRLA-light core: ``gate * act(dwconv3x3(x)) + lambda * o_prev``."""
+from typing import Optional
+
+import torch
 from torch import Tensor
+from torch.autograd import Function
 
 from .checks import check_value_act
+from .ext_loader import acc_dtype, load_ext, map_format, use_compiled
 from .mrla_math import light_combine, mrla_value
+
+ACT_CODES = dict(identity=0, gelu=1)
+
+
+def mrla_light_core_pytorch(x: Tensor,
+                            value_weight: Tensor,
+                            gate: Tensor,
+                            lambda_t: Tensor,
+                            o_prev: Tensor,
+                            value_act: str = 'identity',
+                            scale: Optional[Tensor] = None,
+                            shift: Optional[Tensor] = None,
+                            add_input: bool = False) -> Tensor:
+    """The pure-PyTorch composition of :func:`mrla_light_core`."""
+    out = light_combine(mrla_value(x, value_weight, value_act), gate,
+                        lambda_t, o_prev)
+    if scale is not None:
+        c = x.shape[1]
+        out = torch.addcmul(shift.view(1, c, 1, 1), out, scale.view(1, c, 1,
+                                                                    1))
+    return out + x if add_input else out
+
+
+class MRLALightCoreFunction(Function):
+    """Compiled MRLA-light core with a one-pass backward.
+
+    First-order gradients come from the kernel. When a graph of the
+    gradient is asked for (double backward), the backward re-runs the
+    PyTorch composition under autograd, which computes the same function.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value_weight: Tensor, gate: Tensor,
+                lambda_t: Tensor, o_prev: Tensor, value_act: str) -> Tensor:
+        fmt = map_format(x)
+        acc = acc_dtype(x)
+        x = x.contiguous(memory_format=fmt)
+        o_prev = o_prev.to(x.dtype).contiguous(memory_format=fmt)
+        c = x.shape[1]
+        w9 = value_weight.detach().reshape(c, 9).to(acc).contiguous()
+        g = gate.detach().to(acc).contiguous()
+        lam = lambda_t.detach().to(acc).contiguous()
+        empty = w9.new_empty(0)
+        out = load_ext().mrla_light_forward(x, w9, g, lam, o_prev, empty,
+                                            empty, ACT_CODES[value_act],
+                                            False)
+        ctx.save_for_backward(x, value_weight, gate, lambda_t, o_prev)
+        ctx.value_act = value_act
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, value_weight, gate, lambda_t, o_prev = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_out)
+        acc = acc_dtype(x)
+        b, c = x.shape[:2]
+        grad_out = grad_out.to(x.dtype).contiguous(
+            memory_format=map_format(x))
+        gx, go, gw, gg, gl = load_ext().mrla_light_backward(
+            grad_out, x, value_weight.reshape(c, 9).to(acc).contiguous(),
+            gate.to(acc).contiguous(), lambda_t.to(acc).contiguous(), o_prev,
+            ACT_CODES[ctx.value_act])
+        heads = gate.shape[1]
+        return (gx, gw.sum(0).view_as(value_weight).to(value_weight.dtype),
+                gg.view(b, heads, c // heads).sum(-1).to(gate.dtype),
+                gl.sum(0).to(lambda_t.dtype), go, None)
+
+
+def _differentiable_backward(ctx, grad_out: Tensor):
+    """Gradients through the PyTorch composition, with their graph."""
+    saved = ctx.saved_tensors
+    inputs = [t.detach().requires_grad_() for t in saved]
+    with torch.enable_grad():
+        out = mrla_light_core_pytorch(*inputs[:4], inputs[4].to(
+            inputs[0].dtype), ctx.value_act)
+        grads = torch.autograd.grad(
+            out, inputs, grad_out, create_graph=True, allow_unused=True)
+    return (*grads, None)
 
 
 def mrla_light_core(x: Tensor,
@@ -10,8 +94,15 @@ def mrla_light_core(x: Tensor,
                     gate: Tensor,
                     lambda_t: Tensor,
                     o_prev: Tensor,
-                    value_act: str = 'identity') -> Tensor:
+                    value_act: str = 'identity',
+                    *,
+                    scale: Optional[Tensor] = None,
+                    shift: Optional[Tensor] = None,
+                    add_input: bool = False) -> Tensor:
     """Output of an MRLA-light layer given its per-head gate.
+
+    Runs the compiled op when the extension is built and takes the inputs
+    (see :mod:`mrla_mm.ops.ext_loader`), else the PyTorch composition.
 
     Args:
         x (Tensor): layer output ``X^t``, ``[B, C, H, W]``.
@@ -20,9 +111,55 @@ def mrla_light_core(x: Tensor,
         lambda_t (Tensor): per-channel weight of the history, ``[C]``.
         o_prev (Tensor): approximation of ``O^{t-1}``, ``[B, C, H, W]``.
         value_act (str): ``'identity'`` (ResNet) or ``'gelu'`` (ViT).
+        scale (Tensor, optional): per-channel factor ``[C]`` applied to
+            the result, with ``shift``: an eval-mode BatchNorm folded in.
+        shift (Tensor, optional): per-channel offset ``[C]``.
+        add_input (bool): add ``x`` to the result (the residual of a
+            ResNet block). Defaults to False.
 
     Returns:
-        Tensor: ``O^t``, ``[B, C, H, W]``.
+        Tensor: ``O^t`` (times ``scale`` plus ``shift``, plus ``x`` if
+        asked), ``[B, C, H, W]``, in the memory format of ``x``.
     """
-    v = mrla_value(x, value_weight, check_value_act(value_act))
-    return light_combine(v, gate, lambda_t, o_prev)
+    check_value_act(value_act)
+    if (scale is None) != (shift is None):
+        raise ValueError('scale and shift must be given together, got '
+                         f'scale={"set" if scale is not None else None}, '
+                         f'shift={"set" if shift is not None else None}')
+    if not use_compiled('mrla_light_core', (x, o_prev)):
+        return mrla_light_core_pytorch(x, value_weight, gate, lambda_t,
+                                       o_prev, value_act, scale, shift,
+                                       add_input)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (x, value_weight, gate, lambda_t, o_prev, scale, shift))
+    if not needs_grad:
+        return _fused_inference(x, value_weight, gate, lambda_t, o_prev,
+                                value_act, scale, shift, add_input)
+    out = MRLALightCoreFunction.apply(x, value_weight, gate, lambda_t,
+                                      o_prev, value_act)
+    if scale is not None:
+        c = x.shape[1]
+        out = torch.addcmul(shift.view(1, c, 1, 1), out, scale.view(1, c, 1,
+                                                                    1))
+    return out + x if add_input else out
+
+
+def _fused_inference(x, value_weight, gate, lambda_t, o_prev, value_act,
+                     scale, shift, add_input):
+    """The whole expression in one pass, without autograd."""
+    fmt = map_format(x)
+    acc = acc_dtype(x)
+    c = x.shape[1]
+    x = x.contiguous(memory_format=fmt)
+
+    def small(t):
+        return t.detach().reshape(-1).to(acc).contiguous()
+
+    empty = x.new_empty(0, dtype=acc)
+    return load_ext().mrla_light_forward(
+        x, small(value_weight).view(c, 9), gate.detach().to(acc).contiguous(),
+        small(lambda_t), o_prev.to(x.dtype).contiguous(memory_format=fmt),
+        empty if scale is None else small(scale),
+        empty if shift is None else small(shift), ACT_CODES[value_act],
+        add_input)

@@ -1,0 +1,90 @@
+// MRLA-base readout, device dispatch:
+//   out[b, c] = sum_s weights[b, c / d, s] * values[s][b, c]
+// over the per-stage value list read in place (never concatenated). The
+// softmax weights come from mrla_mm/ops/mrla_math.py.
+#include "pytorch_cpp_helper.hpp"
+#include "pytorch_device_registry.hpp"
+
+void mrla_base_forward_impl(const Tensor weights,
+                            const std::vector<Tensor> values, Tensor out) {
+  DISPATCH_DEVICE_IMPL(mrla_base_forward_impl, weights, values, out);
+}
+
+void mrla_base_backward_impl(const Tensor grad_out, const Tensor weights,
+                             const std::vector<Tensor> values,
+                             std::vector<Tensor> grad_values,
+                             Tensor grad_weights_part) {
+  DISPATCH_DEVICE_IMPL(mrla_base_backward_impl, grad_out, weights, values,
+                       grad_values, grad_weights_part);
+}
+
+namespace {
+
+at::MemoryFormat check_base_args(const Tensor& weights,
+                                 const std::vector<Tensor>& values) {
+  TORCH_CHECK(!values.empty(), "values must hold at least one map");
+  const Tensor& v0 = values[0];
+  TORCH_CHECK(v0.dim() == 4 && v0.numel() > 0,
+              "values[0] must be a non-empty 4-D [B, C, H, W] tensor, got "
+              "shape ", v0.sizes());
+  const int64_t t = static_cast<int64_t>(values.size());
+  const bool cl = !v0.is_contiguous() &&
+                  v0.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(cl || v0.is_contiguous(), "values[0] must be contiguous or "
+              "channels_last, got strides ", v0.strides());
+  const auto fmt =
+      cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  for (int64_t s = 1; s < t; ++s) {
+    const Tensor& v = values[s];
+    TORCH_CHECK(v.sizes() == v0.sizes() && v.scalar_type() ==
+                    v0.scalar_type() && v.device() == v0.device() &&
+                    v.is_contiguous(fmt),
+                "values[", s, "] must match values[0] in shape, dtype, "
+                "device and memory format; got shape ", v.sizes(), " ",
+                v.scalar_type(), " on ", v.device());
+  }
+  const auto acc = v0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(weights.dim() == 3 && weights.size(0) == v0.size(0) &&
+                  weights.size(1) >= 1 && v0.size(1) % weights.size(1) == 0 &&
+                  weights.size(2) == t,
+              "weights must be [B, G, T] = [", v0.size(0), ", G, ", t,
+              "] with G dividing C=", v0.size(1), ", got ", weights.sizes());
+  TORCH_CHECK(weights.scalar_type() == acc && weights.is_contiguous(),
+              "weights must be a contiguous ", acc, " tensor, got ",
+              weights.scalar_type());
+  TORCH_CHECK(weights.device() == v0.device(), "weights and values must be "
+              "on one device");
+  return fmt;
+}
+
+}  // namespace
+
+Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values) {
+  const auto fmt = check_base_args(weights, values);
+  Tensor out = at::empty_like(values[0], fmt);
+  mrla_base_forward_impl(weights, values, out);
+  return out;
+}
+
+// Returns the T value gradients followed by per-(b, c) partial sums of the
+// weight gradient, [B, C, T]; the caller sums them over each head.
+std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
+                                       std::vector<Tensor> values) {
+  const auto fmt = check_base_args(weights, values);
+  const Tensor& v0 = values[0];
+  TORCH_CHECK(grad_out.sizes() == v0.sizes() &&
+                  grad_out.scalar_type() == v0.scalar_type() &&
+                  grad_out.is_contiguous(fmt),
+              "grad_out must match the values in shape, dtype and memory "
+              "format");
+  std::vector<Tensor> grads;
+  for (size_t s = 0; s < values.size(); ++s) {
+    grads.push_back(at::empty_like(v0, fmt));
+  }
+  Tensor part = at::empty(
+      {v0.size(0), v0.size(1), static_cast<int64_t>(values.size())},
+      weights.options());
+  mrla_base_backward_impl(grad_out, weights, values, grads, part);
+  grads.push_back(part);
+  return grads;
+}

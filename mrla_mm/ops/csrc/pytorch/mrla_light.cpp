@@ -1,0 +1,123 @@
+// MRLA-light core, device dispatch:
+//   out = gate[b, c / d] * act(dwconv3x3(x))[b, c] + lambda[c] * o_prev[b, c]
+// optionally followed by a per-channel affine (eval-mode BatchNorm folded
+// into scale/shift) and the addition of x itself (the residual of the
+// block). The gate comes from mrla_mm/ops/mrla_math.py.
+#include "pytorch_cpp_helper.hpp"
+#include "pytorch_device_registry.hpp"
+
+void mrla_light_forward_impl(const Tensor x, const Tensor weight,
+                             const Tensor gate, const Tensor lambda,
+                             const Tensor o_prev, const Tensor scale,
+                             const Tensor shift, Tensor out, int64_t act,
+                             bool add_input) {
+  DISPATCH_DEVICE_IMPL(mrla_light_forward_impl, x, weight, gate, lambda,
+                       o_prev, scale, shift, out, act, add_input);
+}
+
+void mrla_light_backward_impl(const Tensor grad_out, const Tensor x,
+                              const Tensor weight, const Tensor gate,
+                              const Tensor lambda, const Tensor o_prev,
+                              Tensor grad_x, Tensor grad_o_prev,
+                              Tensor grad_weight_part, Tensor grad_gate_part,
+                              Tensor grad_lambda_part, int64_t act) {
+  DISPATCH_DEVICE_IMPL(mrla_light_backward_impl, grad_out, x, weight, gate,
+                       lambda, o_prev, grad_x, grad_o_prev, grad_weight_part,
+                       grad_gate_part, grad_lambda_part, act);
+}
+
+namespace {
+
+// The memory format shared by all feature maps of one call.
+bool maps_channels_last(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, name, " must be a 4-D [B, C, H, W] tensor, got ",
+              x.dim(), " dims");
+  if (x.is_contiguous()) return false;
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), name,
+              " must be contiguous or channels_last, got strides ",
+              x.strides());
+  return true;
+}
+
+void check_map_like(const Tensor& t, const Tensor& x, bool channels_last,
+                    const char* name) {
+  TORCH_CHECK(t.sizes() == x.sizes(), name, " must have the shape of x ",
+              x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name,
+              " must have the dtype of x (", x.scalar_type(), "), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(channels_last
+                                  ? at::MemoryFormat::ChannelsLast
+                                  : at::MemoryFormat::Contiguous),
+              name, " must have the memory format of x");
+}
+
+void check_small(const Tensor& t, const Tensor& x, int64_t numel,
+                 const char* name) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(t.scalar_type() == acc, name, " must be ", acc, " for ",
+              x.scalar_type(), " maps, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous() && t.numel() == numel, name, " must be a "
+              "contiguous tensor of ", numel, " elements, got shape ",
+              t.sizes());
+}
+
+void check_light_args(const Tensor& x, const Tensor& weight,
+                      const Tensor& gate, const Tensor& lambda,
+                      const Tensor& o_prev, bool channels_last) {
+  const int64_t b = x.size(0), c = x.size(1);
+  check_map_like(o_prev, x, channels_last, "o_prev");
+  check_small(weight, x, c * 9, "weight");
+  check_small(lambda, x, c, "lambda");
+  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == b && gate.size(1) >= 1 &&
+                  c % gate.size(1) == 0,
+              "gate must be [B, G] with G dividing C=", c, ", got ",
+              gate.sizes());
+  check_small(gate, x, gate.numel(), "gate");
+  TORCH_CHECK(x.numel() > 0, "x must not be empty");
+}
+
+}  // namespace
+
+Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
+                          Tensor lambda, Tensor o_prev, Tensor scale,
+                          Tensor shift, int64_t act, bool add_input) {
+  const bool cl = maps_channels_last(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  if (scale.numel() || shift.numel()) {
+    check_small(scale, x, x.size(1), "scale");
+    check_small(shift, x, x.size(1), "shift");
+  }
+  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
+              "got ", act);
+  Tensor out = at::empty_like(x, cl ? at::MemoryFormat::ChannelsLast
+                                    : at::MemoryFormat::Contiguous);
+  mrla_light_forward_impl(x, weight, gate, lambda, o_prev, scale, shift, out,
+                          act, add_input);
+  return out;
+}
+
+// Returns grad_x, grad_o_prev and per-(b, c) partial sums for the weight
+// [B, C, 9], gate [B, C] and lambda [B, C]; the caller reduces them over
+// the batch or the channels of a head (small tensors).
+std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
+                                        Tensor weight, Tensor gate,
+                                        Tensor lambda, Tensor o_prev,
+                                        int64_t act) {
+  const bool cl = maps_channels_last(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  check_map_like(grad_out, x, cl, "grad_out");
+  const auto fmt =
+      cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const int64_t b = x.size(0), c = x.size(1);
+  Tensor grad_x = at::empty_like(x, fmt);
+  Tensor grad_o_prev = at::empty_like(x, fmt);
+  Tensor grad_weight_part = at::empty({b, c, 9}, weight.options());
+  Tensor grad_gate_part = at::empty({b, c}, weight.options());
+  Tensor grad_lambda_part = at::empty({b, c}, weight.options());
+  mrla_light_backward_impl(grad_out, x, weight, gate, lambda, o_prev, grad_x,
+                           grad_o_prev, grad_weight_part, grad_gate_part,
+                           grad_lambda_part, act);
+  return {grad_x, grad_o_prev, grad_weight_part, grad_gate_part,
+          grad_lambda_part};
+}

@@ -1,0 +1,41 @@
+// Python bindings of the MRLA ops (mrla_mm._ext).
+#include <torch/extension.h>
+
+#include "pytorch_cpp_helper.hpp"
+
+Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
+                          Tensor lambda, Tensor o_prev, Tensor scale,
+                          Tensor shift, int64_t act, bool add_input);
+std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
+                                        Tensor weight, Tensor gate,
+                                        Tensor lambda, Tensor o_prev,
+                                        int64_t act);
+Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values);
+std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
+                                       std::vector<Tensor> values);
+
+bool mrla_with_cuda() {
+#ifdef MRLA_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mrla_light_forward", &mrla_light_forward, "MRLA-light core forward",
+        py::arg("x"), py::arg("weight"), py::arg("gate"), py::arg("lambda_t"),
+        py::arg("o_prev"), py::arg("scale"), py::arg("shift"), py::arg("act"),
+        py::arg("add_input"));
+  m.def("mrla_light_backward", &mrla_light_backward,
+        "MRLA-light core backward", py::arg("grad_out"), py::arg("x"),
+        py::arg("weight"), py::arg("gate"), py::arg("lambda_t"),
+        py::arg("o_prev"), py::arg("act"));
+  m.def("mrla_base_forward", &mrla_base_forward, "MRLA-base readout forward",
+        py::arg("weights"), py::arg("values"));
+  m.def("mrla_base_backward", &mrla_base_backward,
+        "MRLA-base readout backward", py::arg("grad_out"), py::arg("weights"),
+        py::arg("values"));
+  m.def("with_cuda", &mrla_with_cuda,
+        "Whether the extension was compiled with its CUDA kernels");
+}

@@ -1,0 +1,101 @@
+"""Loads the compiled MRLA ops (``mrla_mm._ext``) and picks the path.
+
+The ops dispatch to the compiled extension when it is built and supports
+the inputs, else to the pure-PyTorch composition, which computes the same
+function. Which path runs is logged once per reason. The environment
+variable ``MRLA_OPS_BACKEND`` selects the path: ``auto`` (default),
+``pytorch`` (never the extension) or ``compiled`` (raise if the extension
+cannot serve a call).
+"""
+import importlib
+import logging
+import os
+from typing import Iterable, Optional
+
+import torch
+
+logger = logging.getLogger('mrla_mm.ops')
+
+BACKENDS = ('auto', 'pytorch', 'compiled')
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32,
+                    torch.float64)
+
+_ext = None
+_ext_error: Optional[str] = None
+_logged = set()
+
+
+def load_ext():
+    """The extension module, or None if it is not built (reason kept)."""
+    global _ext, _ext_error
+    if _ext is None and _ext_error is None:
+        try:
+            _ext = importlib.import_module('mrla_mm._ext')
+        except ImportError as e:
+            _ext_error = str(e)
+    return _ext
+
+
+def ops_backend() -> str:
+    """The path selected by ``MRLA_OPS_BACKEND``."""
+    backend = os.environ.get('MRLA_OPS_BACKEND', 'auto')
+    if backend not in BACKENDS:
+        raise ValueError(f'MRLA_OPS_BACKEND must be one of {BACKENDS}, got '
+                         f'{backend!r}')
+    return backend
+
+
+def _log_once(key: str, level: int, msg: str) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        logger.log(level, msg)
+
+
+def unsupported_reason(maps: Iterable[torch.Tensor]) -> Optional[str]:
+    """Why the extension cannot take these feature maps, or None."""
+    ext = load_ext()
+    if ext is None:
+        return f'the extension mrla_mm._ext is not built ({_ext_error})'
+    for t in maps:
+        if t.device.type == 'cuda' and not ext.with_cuda():
+            return 'the extension was built without CUDA'
+        if t.device.type not in ('cpu', 'cuda'):
+            return f'no kernel for device {t.device.type!r}'
+        if t.dtype not in SUPPORTED_DTYPES:
+            return f'no kernel for dtype {t.dtype}'
+        if t.numel() == 0:
+            return 'empty input'
+    return None
+
+
+def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
+    """Whether ``op`` runs compiled on ``maps``; logs the choice once."""
+    backend = ops_backend()
+    if backend == 'pytorch':
+        _log_once(f'{op}:env', logging.INFO,
+                  f'{op}: pure-PyTorch path (MRLA_OPS_BACKEND=pytorch)')
+        return False
+    reason = unsupported_reason(maps)
+    if reason is None:
+        _log_once(f'{op}:ext', logging.INFO,
+                  f'{op}: compiled path (mrla_mm._ext)')
+        return True
+    if backend == 'compiled':
+        raise RuntimeError(f'{op}: MRLA_OPS_BACKEND=compiled but {reason}')
+    _log_once(f'{op}:{reason}', logging.WARNING,
+              f'{op}: pure-PyTorch path, since {reason}')
+    return False
+
+
+def map_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format the kernels use for ``x`` (a copy is made only
+    if ``x`` is neither contiguous nor channels_last)."""
+    if not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Dtype of the small operands and of the accumulation."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
