@@ -6,6 +6,8 @@ exception is MRLA-base's readout, a weighted sum over the cached values:
 the reference computes it with an einsum, which mmengine counts, so it is
 added here as one multiply-add per cached value element.
 """
+import os
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -33,6 +35,21 @@ class _DetectorTensorForward(nn.Module):
 
     def forward(self, x):
         return self.detector._forward(x, [self.sample])
+
+
+@contextmanager
+def _pytorch_ops():
+    """Run MRLA through its PyTorch composition: the tracer counts the
+    convolutions inside it, while a compiled op is opaque to it."""
+    previous = os.environ.get('MRLA_OPS_BACKEND')
+    os.environ['MRLA_OPS_BACKEND'] = 'pytorch'
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['MRLA_OPS_BACKEND']
+        else:
+            os.environ['MRLA_OPS_BACKEND'] = previous
 
 
 def _base_readout_flops(model: nn.Module, inputs: tuple) -> int:
@@ -81,7 +98,7 @@ def model_complexity(model: nn.Module,
         model = _DetectorTensorForward(model, shape)
     model.eval()  # some OpenMMLab backbones return None from train()
     inputs = (torch.rand(1, 3, *shape), )
-    with torch.no_grad():
+    with torch.no_grad(), _pytorch_ops():
         info = get_model_complexity_info(
             model, inputs=inputs, show_table=False, show_arch=False)
         flops = int(info['flops']) + _base_readout_flops(model, inputs)
