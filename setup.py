@@ -59,8 +59,8 @@ def cuda_wheel_dirs():
     root = package_dir('nvidia')
     if root is None:
         return [], []
-    incs = sorted(glob.glob(osp.join(root, 'cu*', 'include')))
-    libs = sorted(glob.glob(osp.join(root, 'cu*', 'lib')))
+    incs = sorted(glob.glob(osp.join(root, 'cu[0-9]*', 'include')))
+    libs = sorted(glob.glob(osp.join(root, 'cu[0-9]*', 'lib')))
     return incs, libs
 
 
