@@ -1,4 +1,5 @@
 """The compiled MRLA ops against their PyTorch composition and autograd."""
+import functools
 import logging
 
 import pytest
@@ -14,6 +15,7 @@ from mrla_mm.ops.mrla_light import (
     mrla_light_core,
     mrla_light_core_pytorch,
 )
+from mrla_mm.ops.mrla_value import MRLAValueFunction, mrla_value_map
 from conftest import rel_err
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
@@ -254,3 +256,20 @@ def test_unusual_strides_are_copied():
     ref = mrla_light_core_pytorch(x, wv, gate, lam, o)
     assert rel_err(MRLALightCoreFunction.apply(xt, wv, gate, lam, o,
                                                'identity'), ref) < 1e-6
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+@pytest.mark.parametrize('act', ['identity', 'gelu'])
+def test_value_map(fmt, act):
+    """The compiled value map is mrla_math.mrla_value, with gradients."""
+    x, wv = [
+        t.requires_grad_()
+        for t in _light_inputs(2, 2, 3, 4, 5, fmt=fmt, seed=3)[:2]
+    ]
+    f = functools.partial(MRLAValueFunction.apply, value_act=act)
+    assert torch.autograd.gradcheck(f, (x, wv))
+    assert torch.autograd.gradgradcheck(f, (x, wv))
+    x32, w32 = x.detach().float(), wv.detach().float()
+    out = mrla_value_map(x32, w32, act)
+    assert out.is_contiguous(memory_format=fmt)
+    assert rel_err(out, mrla_math.mrla_value(x32, w32, act)) < 1e-6

@@ -40,8 +40,8 @@ __global__ void mrla_light_forward_cuda_kernel(
     int64_t b, c, y, x0;
     mrla_unravel<CL>(n, C, H, W, &b, &c, &y, &x0);
     const A v = mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W);
-    A r = gate[b * G + c / d] * mrla_act(v, act) +
-          lambda[c] * static_cast<A>(o_prev[n]);
+    A r = gate[b * G + c / d] * mrla_act(v, act);
+    if (o_prev != nullptr) r += lambda[c] * static_cast<A>(o_prev[n]);
     if (scale != nullptr) r = r * scale[c] + shift[c];
     if (add_input) r += static_cast<A>(x[n]);
     out[n] = static_cast<T>(r);
@@ -63,9 +63,11 @@ __global__ void mrla_light_backward_value_cuda_kernel(
     const A v = mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W);
     const A g = static_cast<A>(grad_out[off]);
     sum_gate += g * mrla_act(v, act);
-    sum_lambda += g * static_cast<A>(o_prev[off]);
     grad_v[off] = g * g_bc * mrla_act_grad(v, act);
-    grad_o_prev[off] = static_cast<T>(lambda[c] * g);
+    if (o_prev != nullptr) {
+      sum_lambda += g * static_cast<A>(o_prev[off]);
+      grad_o_prev[off] = static_cast<T>(lambda[c] * g);
+    }
   }
   sum_gate = mrla_block_sum(sum_gate);
   sum_lambda = mrla_block_sum(sum_lambda);

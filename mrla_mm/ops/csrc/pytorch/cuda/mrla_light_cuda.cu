@@ -23,12 +23,15 @@ void MRLALightForwardCUDAKernelLauncher(const Tensor x, const Tensor weight,
         using A = at::opmath_type<scalar_t>;
         const A* sc = scale.numel() ? scale.const_data_ptr<A>() : nullptr;
         const A* sh = shift.numel() ? shift.const_data_ptr<A>() : nullptr;
+        // Without o_prev the kernel computes the value map alone.
+        const bool prev = o_prev.numel() > 0;
         auto kernel = cl ? mrla_light_forward_cuda_kernel<scalar_t, A, true>
                          : mrla_light_forward_cuda_kernel<scalar_t, A, false>;
         kernel<<<blocks, kMRLAThreads, 0, stream>>>(
             x.const_data_ptr<scalar_t>(), weight.const_data_ptr<A>(),
-            gate.const_data_ptr<A>(), lambda.const_data_ptr<A>(),
-            o_prev.const_data_ptr<scalar_t>(), sc, sh,
+            gate.const_data_ptr<A>(),
+            prev ? lambda.const_data_ptr<A>() : nullptr,
+            prev ? o_prev.const_data_ptr<scalar_t>() : nullptr, sc, sh,
             out.mutable_data_ptr<scalar_t>(), B, C, H, W, G,
             static_cast<int>(act), add_input);
       });
@@ -54,15 +57,17 @@ void MRLALightBackwardCUDAKernelLauncher(
       at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_backward_cuda",
       [&] {
         using A = at::opmath_type<scalar_t>;
+        const bool prev = o_prev.numel() > 0;
         auto value_kernel =
             cl ? mrla_light_backward_value_cuda_kernel<scalar_t, A, true>
                : mrla_light_backward_value_cuda_kernel<scalar_t, A, false>;
         value_kernel<<<planes, kMRLAThreads, 0, stream>>>(
             grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
             weight.const_data_ptr<A>(), gate.const_data_ptr<A>(),
-            lambda.const_data_ptr<A>(), o_prev.const_data_ptr<scalar_t>(),
+            prev ? lambda.const_data_ptr<A>() : nullptr,
+            prev ? o_prev.const_data_ptr<scalar_t>() : nullptr,
             grad_v.mutable_data_ptr<A>(),
-            grad_o_prev.mutable_data_ptr<scalar_t>(),
+            prev ? grad_o_prev.mutable_data_ptr<scalar_t>() : nullptr,
             grad_gate_part.mutable_data_ptr<A>(),
             grad_lambda_part.mutable_data_ptr<A>(), C, H, W, G,
             static_cast<int>(act));
