@@ -19,31 +19,43 @@ class MRLABaseReadoutFunction(Function):
 
     @staticmethod
     def forward(ctx, weights: Tensor, *values: Tensor) -> Tensor:
-        fmt = map_format(values[0])
-        dtype = values[0].dtype
-        vals = [v.to(dtype).contiguous(memory_format=fmt) for v in values]
-        w = weights.detach().to(acc_dtype(vals[0])).contiguous()
-        out = load_ext().mrla_base_forward(w, vals)
-        ctx.save_for_backward(weights, *vals)
-        return out
+        ctx.save_for_backward(weights, *values)
+        return load_ext().mrla_base_forward(*_kernel_operands(weights,
+                                                              values))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         weights, *values = ctx.saved_tensors
         if torch.is_grad_enabled():
-            inputs = [t.detach().requires_grad_() for t in ctx.saved_tensors]
+            # Double backward: the composition, whose graph reaches the
+            # saved inputs.
             with torch.enable_grad():
-                out = base_combine(inputs[0], inputs[1:])
-                return torch.autograd.grad(
-                    out, inputs, grad_out, create_graph=True)
-        b, c = values[0].shape[:2]
-        heads = weights.shape[1]
-        grad_out = grad_out.to(values[0].dtype).contiguous(
-            memory_format=map_format(values[0]))
+                out = base_combine(weights, values)
+                wanted = [t for t in ctx.saved_tensors if t.requires_grad]
+                grads = iter(torch.autograd.grad(out, wanted, grad_out,
+                                                 create_graph=True))
+            return tuple(next(grads) if t.requires_grad else None
+                         for t in ctx.saved_tensors)
+        w, vals = _kernel_operands(weights, values)
+        grad_out = grad_out.to(vals[0].dtype).contiguous(
+            memory_format=map_format(vals[0]))
         *grad_values, part = load_ext().mrla_base_backward(
-            grad_out, weights.to(acc_dtype(values[0])).contiguous(), values)
-        grad_weights = part.view(b, heads, c // heads, -1).sum(2)
+            grad_out, w, vals)
+        b, c = vals[0].shape[:2]
+        grad_weights = part.view(b, weights.shape[1], c // weights.shape[1],
+                                 -1).sum(2)
         return (grad_weights.to(weights.dtype), *grad_values)
+
+
+def _kernel_operands(weights, values):
+    """Weights in the accumulation dtype; values in the dtype and memory
+    format of the first (no copy when they already agree)."""
+    fmt = map_format(values[0])
+    vals = [
+        v.detach().to(values[0].dtype).contiguous(memory_format=fmt)
+        for v in values
+    ]
+    return weights.detach().to(acc_dtype(vals[0])).contiguous(), vals
 
 
 def mrla_base_readout(q: Tensor, keys: Tensor, values: Sequence[Tensor],

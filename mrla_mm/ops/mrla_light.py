@@ -42,51 +42,55 @@ class MRLALightCoreFunction(Function):
     @staticmethod
     def forward(ctx, x: Tensor, value_weight: Tensor, gate: Tensor,
                 lambda_t: Tensor, o_prev: Tensor, value_act: str) -> Tensor:
-        fmt = map_format(x)
-        acc = acc_dtype(x)
-        x = x.contiguous(memory_format=fmt)
-        o_prev = o_prev.to(x.dtype).contiguous(memory_format=fmt)
-        c = x.shape[1]
-        w9 = value_weight.detach().reshape(c, 9).to(acc).contiguous()
-        g = gate.detach().to(acc).contiguous()
-        lam = lambda_t.detach().to(acc).contiguous()
-        empty = w9.new_empty(0)
-        out = load_ext().mrla_light_forward(x, w9, g, lam, o_prev, empty,
-                                            empty, ACT_CODES[value_act],
-                                            False)
         ctx.save_for_backward(x, value_weight, gate, lambda_t, o_prev)
         ctx.value_act = value_act
-        return out
+        return load_ext().mrla_light_forward(
+            *_kernel_operands(x, value_weight, gate, lambda_t, o_prev),
+            *[x.new_empty(0, dtype=acc_dtype(x))] * 2, ACT_CODES[value_act],
+            False)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, value_weight, gate, lambda_t, o_prev = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _differentiable_backward(ctx, grad_out)
-        acc = acc_dtype(x)
-        b, c = x.shape[:2]
+            return (*_differentiable_backward(ctx.saved_tensors, grad_out,
+                                              ctx.value_act), None)
+        x, value_weight, gate, lambda_t, o_prev = ctx.saved_tensors
+        ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
         grad_out = grad_out.to(x.dtype).contiguous(
             memory_format=map_format(x))
         gx, go, gw, gg, gl = load_ext().mrla_light_backward(
-            grad_out, x, value_weight.reshape(c, 9).to(acc).contiguous(),
-            gate.to(acc).contiguous(), lambda_t.to(acc).contiguous(), o_prev,
-            ACT_CODES[ctx.value_act])
+            grad_out, *ops, ACT_CODES[ctx.value_act])
+        b, c = x.shape[:2]
         heads = gate.shape[1]
         return (gx, gw.sum(0).view_as(value_weight).to(value_weight.dtype),
                 gg.view(b, heads, c // heads).sum(-1).to(gate.dtype),
                 gl.sum(0).to(lambda_t.dtype), go, None)
 
 
-def _differentiable_backward(ctx, grad_out: Tensor):
-    """Gradients through the PyTorch composition, with their graph."""
-    saved = ctx.saved_tensors
-    inputs = [t.detach().requires_grad_() for t in saved]
+def _kernel_operands(x, value_weight, gate, lambda_t, o_prev):
+    """The operands as the kernels take them: maps in one supported
+    memory format and dtype, small tensors in the accumulation dtype."""
+    fmt = map_format(x)
+    acc = acc_dtype(x)
+    x = x.contiguous(memory_format=fmt)
+
+    def small(t):
+        return t.detach().to(acc).contiguous()
+
+    return (x, small(value_weight).view(x.shape[1], 9), small(gate),
+            small(lambda_t).view(-1),
+            o_prev.detach().to(x.dtype).contiguous(memory_format=fmt))
+
+
+def _differentiable_backward(saved, grad_out, value_act):
+    """Gradients through the PyTorch composition, with their graph (double
+    backward); the saved inputs carry their autograd history here."""
     with torch.enable_grad():
-        out = mrla_light_core_pytorch(*inputs[:4], inputs[4].to(
-            inputs[0].dtype), ctx.value_act)
-        grads = torch.autograd.grad(
-            out, inputs, grad_out, create_graph=True, allow_unused=True)
-    return (*grads, None)
+        out = mrla_light_core_pytorch(*saved, value_act)
+        wanted = [t for t in saved if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out,
+                                         create_graph=True))
+    return [next(grads) if t.requires_grad else None for t in saved]
 
 
 def mrla_light_core(x: Tensor,
@@ -148,18 +152,12 @@ def mrla_light_core(x: Tensor,
 def _fused_inference(x, value_weight, gate, lambda_t, o_prev, value_act,
                      scale, shift, add_input):
     """The whole expression in one pass, without autograd."""
-    fmt = map_format(x)
-    acc = acc_dtype(x)
-    c = x.shape[1]
-    x = x.contiguous(memory_format=fmt)
+    empty = x.new_empty(0, dtype=acc_dtype(x))
 
     def small(t):
-        return t.detach().reshape(-1).to(acc).contiguous()
+        return empty if t is None else t.detach().to(empty.dtype).reshape(
+            -1).contiguous()
 
-    empty = x.new_empty(0, dtype=acc)
     return load_ext().mrla_light_forward(
-        x, small(value_weight).view(c, 9), gate.detach().to(acc).contiguous(),
-        small(lambda_t), o_prev.to(x.dtype).contiguous(memory_format=fmt),
-        empty if scale is None else small(scale),
-        empty if shift is None else small(shift), ACT_CODES[value_act],
-        add_input)
+        *_kernel_operands(x, value_weight, gate, lambda_t, o_prev),
+        small(scale), small(shift), ACT_CODES[value_act], add_input)

@@ -1,10 +1,12 @@
 from typing import Optional, Tuple
 
+import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import MRLABase, MRLACache, MRLALight, build_mrla_layer
 
@@ -61,6 +63,23 @@ class MRLABlockMixin:
         """nn.Module: the normalization layer of the MRLA branch."""
         return getattr(self, self.mrla_norm_name)
 
+    def _folded_mrla_norm(self) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(scale, shift)`` of an eval-mode BatchNorm on the MRLA branch
+        when nothing between it and the residual add needs its own pass
+        (no gradient, no active drop path); else None."""
+        norm = self.mrla_norm
+        if (self.training or torch.is_grad_enabled()
+                or not isinstance(norm, _BatchNorm) or norm.training
+                or not norm.track_running_stats
+                or norm.running_var is None):
+            return None
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        shift = -norm.running_mean * scale
+        if norm.affine:
+            scale = scale * norm.weight
+            shift = shift * norm.weight + norm.bias
+        return scale, shift
+
     def residual(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -74,6 +93,10 @@ class MRLABlockMixin:
         else:
             out, identity = self._body(x)
         if isinstance(self.mrla, MRLALight):
+            folded = self._folded_mrla_norm()
+            if folded is not None:
+                # The norm, the branch and the residual add in one pass.
+                return self.mrla(out, identity, *folded, add_input=True)
             branch = self.mrla_norm(self.mrla(out, identity))
         elif isinstance(self.mrla, MRLABase):
             if cache is None:

@@ -11,9 +11,9 @@ from mrla_mm.ops import (
     check_kernel_size,
     check_value_act,
     mrla_base_readout,
-    mrla_value,
     resolve_heads,
 )
+from mrla_mm.ops.mrla_value import mrla_value_map
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
 from .mrla_cache import MRLACache
 
@@ -94,7 +94,7 @@ class MRLABase(BaseModule):
         q = channel_conv1d(y, self.query_conv.weight)
         cache.append(
             channel_conv1d(y, self.key_conv.weight),
-            mrla_value(x, self.value_conv.weight, self.value_act))
+            mrla_value_map(x, self.value_conv.weight, self.value_act))
         return mrla_base_readout(q, cache.stacked_keys(), cache.values,
                                  self.num_heads)
 

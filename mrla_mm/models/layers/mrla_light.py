@@ -83,18 +83,34 @@ class MRLALight(BaseModule):
             channel_conv1d(y, self.query_conv.weight),
             channel_conv1d(y, self.key_conv.weight), self.num_heads)
 
-    def forward(self, x: Tensor, o_prev: Tensor) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                o_prev: Tensor,
+                scale: Optional[Tensor] = None,
+                shift: Optional[Tensor] = None,
+                add_input: bool = False) -> Tensor:
         """Compute ``O^t`` from ``x`` = ``X^t`` and ``o_prev`` ~ ``O^{t-1}``.
 
         Both are ``[B, C, H, W]``; the result has the same shape.
+        ``scale``/``shift`` (``[C]``, a folded eval-mode norm) and
+        ``add_input`` (add ``x``) extend the result in the same pass, see
+        :func:`mrla_light_core`.
         """
         check_feature_map(x, self.channels, 'x')
         check_feature_map(o_prev, self.channels, 'o_prev')
         if o_prev.shape != x.shape:
             raise ValueError(f'o_prev must have the shape of x '
                              f'{tuple(x.shape)}, got {tuple(o_prev.shape)}')
-        return mrla_light_core(x, self.value_conv.weight, self.gate(x),
-                               self.lambda_t, o_prev, self.value_act)
+        return mrla_light_core(
+            x,
+            self.value_conv.weight,
+            self.gate(x),
+            self.lambda_t,
+            o_prev,
+            self.value_act,
+            scale=scale,
+            shift=shift,
+            add_input=add_input)
 
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, num_heads={self.num_heads}, '

@@ -66,9 +66,12 @@ void check_light_args(const Tensor& x, const Tensor& weight,
                       const Tensor& gate, const Tensor& lambda,
                       const Tensor& o_prev, bool channels_last) {
   const int64_t b = x.size(0), c = x.size(1);
-  check_map_like(o_prev, x, channels_last, "o_prev");
+  // An empty o_prev (and lambda) drops the history term: the value alone.
+  if (o_prev.numel() || lambda.numel()) {
+    check_map_like(o_prev, x, channels_last, "o_prev");
+    check_small(lambda, x, c, "lambda");
+  }
   check_small(weight, x, c * 9, "weight");
-  check_small(lambda, x, c, "lambda");
   TORCH_CHECK(gate.dim() == 2 && gate.size(0) == b && gate.size(1) >= 1 &&
                   c % gate.size(1) == 0,
               "gate must be [B, G] with G dividing C=", c, ", got ",
@@ -111,7 +114,8 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
       cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t b = x.size(0), c = x.size(1);
   Tensor grad_x = at::empty_like(x, fmt);
-  Tensor grad_o_prev = at::empty_like(x, fmt);
+  Tensor grad_o_prev =
+      o_prev.numel() ? at::empty_like(x, fmt) : at::empty({0}, x.options());
   Tensor grad_weight_part = at::empty({b, c, 9}, weight.options());
   Tensor grad_gate_part = at::empty({b, c}, weight.options());
   Tensor grad_lambda_part = at::empty({b, c}, weight.options());

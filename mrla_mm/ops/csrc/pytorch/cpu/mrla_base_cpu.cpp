@@ -112,6 +112,7 @@ void base_backward(const Tensor& grad_out, const Tensor& weights,
           const T* v = vp[s] + p * hw;
           T* gv = gvp[s] + p * hw;
           A dot = 0;
+#pragma omp simd reduction(+ : dot)
           for (int64_t i = 0; i < hw; ++i) {
             const A gi = A(g[i]);
             dot += gi * A(v[i]);

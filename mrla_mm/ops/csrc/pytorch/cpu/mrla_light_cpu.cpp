@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "mrla_act.hpp"
@@ -84,20 +85,23 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
   using A = at::opmath_type<T>;
   const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
   const T* xp = x.const_data_ptr<T>();
-  const T* op = o_prev.const_data_ptr<T>();
+  // Without o_prev (an empty tensor) the op is the value map alone.
+  const bool has_prev = o_prev.numel() > 0;
+  const T* op = has_prev ? o_prev.const_data_ptr<T>() : nullptr;
   T* yp = out.mutable_data_ptr<T>();
   const A* w9 = weight.const_data_ptr<A>();
-  const A* lam = lambda.const_data_ptr<A>();
+  const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
   const bool affine = scale.numel() > 0;
   const A* sc = affine ? scale.const_data_ptr<A>() : nullptr;
   const A* sh = affine ? shift.const_data_ptr<A>() : nullptr;
   const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
   const int64_t hw = s.h * s.w;
 
-  auto epilogue = [&](A v, int64_t bc, int64_t ch, T o, T xin) {
-    A r = gc[bc] * mrla_act(v, act) + lam[ch] * A(o);
+  auto epilogue = [&](A v, int64_t bc, int64_t ch, int64_t off) {
+    A r = gc[bc] * mrla_act(v, act);
+    if (has_prev) r += lam[ch] * A(op[off]);
     if (affine) r = r * sc[ch] + sh[ch];
-    if (add_input) r += A(xin);
+    if (add_input) r += A(xp[off]);
     return static_cast<T>(r);
   };
 
@@ -112,7 +116,7 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
           plane_conv_row(acc.data(), xpl, w9 + ch * 9, y, s.h, s.w);
           const int64_t row = p * hw + y * s.w;
           for (int64_t i = 0; i < s.w; ++i) {
-            yp[row + i] = epilogue(acc[i], p, ch, op[row + i], xp[row + i]);
+            yp[row + i] = epilogue(acc[i], p, ch, row + i);
           }
         }
       }
@@ -122,11 +126,11 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
   constexpr int64_t kTile = tile_channels<T>();
   const int64_t tiles = (s.c + kTile - 1) / kTile;
   const std::vector<A> wt = taps_major(w9, s.c);
-  at::parallel_for(0, s.b * tiles, 1, [&](int64_t begin, int64_t end) {
+  // Full tiles get a compile-time width, so the channel loops vectorise.
+  auto run_tile = [&](auto width, int64_t b, int64_t c0) {
+    const int64_t cc = width;
     A acc[kTile];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / tiles, c0 = (t % tiles) * kTile;
-      const int64_t cc = std::min(kTile, s.c - c0);
+    {
       const int64_t base = b * hw * s.c + c0;
       for (int64_t y = 0; y < s.h; ++y) {
         for (int64_t x0 = 0; x0 < s.w; ++x0) {
@@ -144,10 +148,19 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
           }
           const int64_t off = base + (y * s.w + x0) * s.c;
           for (int64_t c = 0; c < cc; ++c) {
-            yp[off + c] = epilogue(acc[c], b * s.c + c0 + c, c0 + c,
-                                  op[off + c], xp[off + c]);
+            yp[off + c] = epilogue(acc[c], b * s.c + c0 + c, c0 + c, off + c);
           }
         }
+      }
+    }
+  };
+  at::parallel_for(0, s.b * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / tiles, c0 = (t % tiles) * kTile;
+      if (c0 + kTile <= s.c) {
+        run_tile(std::integral_constant<int64_t, kTile>(), b, c0);
+      } else {
+        run_tile(s.c - c0, b, c0);
       }
     }
   });
@@ -163,14 +176,15 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
   const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
   const T* gp = grad_out.const_data_ptr<T>();
   const T* xp = x.const_data_ptr<T>();
-  const T* op = o_prev.const_data_ptr<T>();
+  const bool has_prev = o_prev.numel() > 0;
+  const T* op = has_prev ? o_prev.const_data_ptr<T>() : nullptr;
   T* gxp = grad_x.mutable_data_ptr<T>();
-  T* gop = grad_o_prev.mutable_data_ptr<T>();
+  T* gop = has_prev ? grad_o_prev.mutable_data_ptr<T>() : nullptr;
   A* gwp = gw_part.mutable_data_ptr<A>();
   A* ggp = gg_part.mutable_data_ptr<A>();
   A* glp = gl_part.mutable_data_ptr<A>();
   const A* w9 = weight.const_data_ptr<A>();
-  const A* lam = lambda.const_data_ptr<A>();
+  const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
   const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
   const int64_t hw = s.h * s.w;
 
@@ -187,12 +201,26 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
         for (int64_t y = 0; y < s.h; ++y) {
           plane_conv_row(acc.data(), xpl, wk, y, s.h, s.w);
           const int64_t row = p * hw + y * s.w;
-          for (int64_t i = 0; i < s.w; ++i) {
-            const A g = A(gp[row + i]), v = acc[i];
-            sum_gate += g * mrla_act(v, act);
-            sum_lambda += g * A(op[row + i]);
-            gv[y * s.w + i] = g * gc[p] * mrla_act_grad(v, act);
-            gop[row + i] = static_cast<T>(lam[ch] * g);
+          const T* g = gp + row;
+          A* gvr = gv.data() + y * s.w;
+          if (act == kMRLAIdentity) {
+#pragma omp simd reduction(+ : sum_gate)
+            for (int64_t i = 0; i < s.w; ++i) {
+              sum_gate += A(g[i]) * acc[i];
+              gvr[i] = A(g[i]) * gc[p];
+            }
+          } else {
+            for (int64_t i = 0; i < s.w; ++i) {
+              sum_gate += A(g[i]) * mrla_act(acc[i], act);
+              gvr[i] = A(g[i]) * gc[p] * mrla_act_grad(acc[i], act);
+            }
+          }
+          if (has_prev) {
+#pragma omp simd reduction(+ : sum_lambda)
+            for (int64_t i = 0; i < s.w; ++i) {
+              sum_lambda += A(g[i]) * A(op[row + i]);
+              gop[row + i] = static_cast<T>(lam[ch] * A(g[i]));
+            }
           }
         }
         // grad_x: the value gradient through the flipped kernel.
@@ -219,6 +247,7 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
             for (int64_t y = y0; y < y1; ++y) {
               const A* g = gv.data() + y * s.w;
               const T* in = xpl + (y + di) * s.w + dj;
+#pragma omp simd reduction(+ : sum)
               for (int64_t xx = x0; xx < x1; ++xx) sum += g[xx] * A(in[xx]);
             }
             gwp[p * 9 + 3 * i + j] = sum;
@@ -233,12 +262,10 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
   constexpr int64_t kTile = tile_channels<T>();
   const int64_t tiles = (s.c + kTile - 1) / kTile;
   const std::vector<A> wt = taps_major(w9, s.c);
-  at::parallel_for(0, s.b * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> gv(hw * kTile);
+  auto run_tile = [&](auto width, int64_t b, int64_t c0, A* gv_buf) {
+    const int64_t cc = width;
     A acc[kTile], sum_gate[kTile], sum_lambda[kTile], gw[9 * kTile];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / tiles, c0 = (t % tiles) * kTile;
-      const int64_t cc = std::min(kTile, s.c - c0);
+    {
       const int64_t base = b * hw * s.c + c0;
       std::fill(sum_gate, sum_gate + kTile, A(0));
       std::fill(sum_lambda, sum_lambda + kTile, A(0));
@@ -259,20 +286,22 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
           }
           const int64_t pix = y * s.w + x0;
           const int64_t off = base + pix * s.c;
-          A* gvp = gv.data() + pix * kTile;
+          A* gvp = gv_buf + pix * kTile;
           for (int64_t c = 0; c < cc; ++c) {
             const A g = A(gp[off + c]), v = acc[c];
             sum_gate[c] += g * mrla_act(v, act);
-            sum_lambda[c] += g * A(op[off + c]);
             gvp[c] = g * gc[b * s.c + c0 + c] * mrla_act_grad(v, act);
-            gop[off + c] = static_cast<T>(lam[c0 + c] * g);
+            if (has_prev) {
+              sum_lambda[c] += g * A(op[off + c]);
+              gop[off + c] = static_cast<T>(lam[c0 + c] * g);
+            }
           }
         }
       }
       for (int64_t y = 0; y < s.h; ++y) {
         for (int64_t x0 = 0; x0 < s.w; ++x0) {
           const int64_t pix = y * s.w + x0;
-          const A* gvp = gv.data() + pix * kTile;
+          const A* gvp = gv_buf + pix * kTile;
           std::fill(acc, acc + kTile, A(0));
           for (int64_t i = 0; i < 3; ++i) {
             for (int64_t j = 0; j < 3; ++j) {
@@ -280,7 +309,7 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
               // grad_x gathers the value gradient of the mirrored tap ...
               const int64_t ry = y - i + 1, rx = x0 - j + 1;
               if (ry >= 0 && ry < s.h && rx >= 0 && rx < s.w) {
-                const A* src = gv.data() + (ry * s.w + rx) * kTile;
+                const A* src = gv_buf + (ry * s.w + rx) * kTile;
                 for (int64_t c = 0; c < cc; ++c) acc[c] += wk[c] * src[c];
               }
               // ... and the weight gradient pairs it with the input tap.
@@ -301,6 +330,17 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
         ggp[p] = sum_gate[c];
         glp[p] = sum_lambda[c];
         for (int64_t k = 0; k < 9; ++k) gwp[p * 9 + k] = gw[k * kTile + c];
+      }
+    }
+  };
+  at::parallel_for(0, s.b * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> gv(hw * kTile);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / tiles, c0 = (t % tiles) * kTile;
+      if (c0 + kTile <= s.c) {
+        run_tile(std::integral_constant<int64_t, kTile>(), b, c0, gv.data());
+      } else {
+        run_tile(s.c - c0, b, c0, gv.data());
       }
     }
   });

@@ -1,0 +1,48 @@
+// CUDA kernels of the MRLA-base readout. The T cached values are passed as
+// a device array of pointers, so they are read in place.
+#ifndef MRLA_BASE_CUDA_KERNEL_CUH
+#define MRLA_BASE_CUDA_KERNEL_CUH
+
+#include "mrla_common_cuda.cuh"
+
+template <typename T, typename A, bool CL>
+__global__ void mrla_base_forward_cuda_kernel(const A* weights,
+                                              const T* const* values,
+                                              T* out, int64_t B, int64_t C,
+                                              int64_t H, int64_t W,
+                                              int64_t G, int64_t T_len) {
+  const int64_t d = C / G;
+  MRLA_KERNEL_LOOP(n, B * C * H * W) {
+    int64_t b, c, y, x0;
+    mrla_unravel<CL>(n, C, H, W, &b, &c, &y, &x0);
+    const A* w = weights + (b * G + c / d) * T_len;
+    A acc = 0;
+    for (int64_t s = 0; s < T_len; ++s) {
+      acc += w[s] * static_cast<A>(values[s][n]);
+    }
+    out[n] = static_cast<T>(acc);
+  }
+}
+
+// One (b, c) plane per block: value gradients and weight dot products.
+template <typename T, typename A, bool CL>
+__global__ void mrla_base_backward_cuda_kernel(
+    const T* grad_out, const A* weights, const T* const* values,
+    T* const* grad_values, A* grad_weights_part, int64_t C, int64_t H,
+    int64_t W, int64_t G, int64_t T_len) {
+  const int64_t p = blockIdx.x, b = p / C, c = p % C;
+  const A* w = weights + (b * G + c / (C / G)) * T_len;
+  for (int64_t s = 0; s < T_len; ++s) {
+    A dot = 0;
+    for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
+      const int64_t off = mrla_offset<CL>(b, c, i / W, i % W, C, H, W);
+      const A g = static_cast<A>(grad_out[off]);
+      dot += g * static_cast<A>(values[s][off]);
+      grad_values[s][off] = static_cast<T>(w[s] * g);
+    }
+    dot = mrla_block_sum(dot);
+    if (threadIdx.x == 0) grad_weights_part[p * T_len + s] = dot;
+  }
+}
+
+#endif  // MRLA_BASE_CUDA_KERNEL_CUH

@@ -1,0 +1,52 @@
+// Registers the CUDA implementations of the MRLA ops in mmcv's device
+// registry (compiled only when the extension is built with CUDA).
+#include "pytorch_cpp_helper.hpp"
+#include "pytorch_device_registry.hpp"
+
+void MRLALightForwardCUDAKernelLauncher(const Tensor x, const Tensor weight,
+                                        const Tensor gate,
+                                        const Tensor lambda,
+                                        const Tensor o_prev,
+                                        const Tensor scale,
+                                        const Tensor shift, Tensor out,
+                                        int64_t act, bool add_input);
+void MRLALightBackwardCUDAKernelLauncher(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    Tensor grad_x, Tensor grad_o_prev, Tensor grad_weight_part,
+    Tensor grad_gate_part, Tensor grad_lambda_part, int64_t act);
+void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
+                                       const std::vector<Tensor> values,
+                                       Tensor out);
+void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
+                                        const Tensor weights,
+                                        const std::vector<Tensor> values,
+                                        std::vector<Tensor> grad_values,
+                                        Tensor grad_weights_part);
+
+void mrla_light_forward_impl(const Tensor x, const Tensor weight,
+                             const Tensor gate, const Tensor lambda,
+                             const Tensor o_prev, const Tensor scale,
+                             const Tensor shift, Tensor out, int64_t act,
+                             bool add_input);
+void mrla_light_backward_impl(const Tensor grad_out, const Tensor x,
+                              const Tensor weight, const Tensor gate,
+                              const Tensor lambda, const Tensor o_prev,
+                              Tensor grad_x, Tensor grad_o_prev,
+                              Tensor grad_weight_part, Tensor grad_gate_part,
+                              Tensor grad_lambda_part, int64_t act);
+void mrla_base_forward_impl(const Tensor weights,
+                            const std::vector<Tensor> values, Tensor out);
+void mrla_base_backward_impl(const Tensor grad_out, const Tensor weights,
+                             const std::vector<Tensor> values,
+                             std::vector<Tensor> grad_values,
+                             Tensor grad_weights_part);
+
+REGISTER_DEVICE_IMPL(mrla_light_forward_impl, CUDA,
+                     MRLALightForwardCUDAKernelLauncher);
+REGISTER_DEVICE_IMPL(mrla_light_backward_impl, CUDA,
+                     MRLALightBackwardCUDAKernelLauncher);
+REGISTER_DEVICE_IMPL(mrla_base_forward_impl, CUDA,
+                     MRLABaseForwardCUDAKernelLauncher);
+REGISTER_DEVICE_IMPL(mrla_base_backward_impl, CUDA,
+                     MRLABaseBackwardCUDAKernelLauncher);

@@ -1,0 +1,78 @@
+// Launchers of the MRLA-base CUDA kernels.
+#include <ATen/OpMathType.h>
+
+#include <vector>
+
+#include "mrla_base_cuda_kernel.cuh"
+#include "pytorch_cuda_helper.hpp"
+
+namespace {
+
+// Device array of the maps' data pointers (T entries, copied once).
+Tensor device_pointers(const std::vector<Tensor>& maps) {
+  Tensor ptrs = at::empty({static_cast<int64_t>(maps.size())}, at::kLong);
+  int64_t* p = ptrs.mutable_data_ptr<int64_t>();
+  for (size_t s = 0; s < maps.size(); ++s) {
+    p[s] = reinterpret_cast<int64_t>(maps[s].data_ptr());
+  }
+  return ptrs.to(maps[0].device());
+}
+
+}  // namespace
+
+void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
+                                       const std::vector<Tensor> values,
+                                       Tensor out) {
+  const Tensor& v0 = values[0];
+  at::cuda::CUDAGuard device_guard(v0.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t B = v0.size(0), C = v0.size(1), H = v0.size(2),
+                W = v0.size(3);
+  const int64_t G = weights.size(1), T_len = weights.size(2);
+  const bool cl = !v0.is_contiguous();
+  Tensor ptrs = device_pointers(values);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, v0.scalar_type(), "mrla_base_forward_cuda",
+      [&] {
+        using A = at::opmath_type<scalar_t>;
+        auto kernel = cl ? mrla_base_forward_cuda_kernel<scalar_t, A, true>
+                         : mrla_base_forward_cuda_kernel<scalar_t, A, false>;
+        kernel<<<mrla_blocks(v0.numel()), kMRLAThreads, 0, stream>>>(
+            weights.const_data_ptr<A>(),
+            reinterpret_cast<const scalar_t* const*>(
+                ptrs.const_data_ptr<int64_t>()),
+            out.mutable_data_ptr<scalar_t>(), B, C, H, W, G, T_len);
+      });
+  AT_CUDA_CHECK(cudaGetLastError());
+}
+
+void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
+                                        const Tensor weights,
+                                        const std::vector<Tensor> values,
+                                        std::vector<Tensor> grad_values,
+                                        Tensor grad_weights_part) {
+  const Tensor& v0 = values[0];
+  at::cuda::CUDAGuard device_guard(v0.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t B = v0.size(0), C = v0.size(1), H = v0.size(2),
+                W = v0.size(3);
+  const int64_t G = weights.size(1), T_len = weights.size(2);
+  const bool cl = !v0.is_contiguous();
+  Tensor ptrs = device_pointers(values);
+  Tensor grad_ptrs = device_pointers(grad_values);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, v0.scalar_type(), "mrla_base_backward_cuda",
+      [&] {
+        using A = at::opmath_type<scalar_t>;
+        auto kernel = cl ? mrla_base_backward_cuda_kernel<scalar_t, A, true>
+                         : mrla_base_backward_cuda_kernel<scalar_t, A, false>;
+        kernel<<<static_cast<int>(B * C), kMRLAThreads, 0, stream>>>(
+            grad_out.const_data_ptr<scalar_t>(), weights.const_data_ptr<A>(),
+            reinterpret_cast<const scalar_t* const*>(
+                ptrs.const_data_ptr<int64_t>()),
+            reinterpret_cast<scalar_t* const*>(
+                grad_ptrs.mutable_data_ptr<int64_t>()),
+            grad_weights_part.mutable_data_ptr<A>(), C, H, W, G, T_len);
+      });
+  AT_CUDA_CHECK(cudaGetLastError());
+}

@@ -1,0 +1,84 @@
+// Launchers of the MRLA-light CUDA kernels.
+#include <ATen/OpMathType.h>
+
+#include "mrla_light_cuda_kernel.cuh"
+#include "pytorch_cuda_helper.hpp"
+
+void MRLALightForwardCUDAKernelLauncher(const Tensor x, const Tensor weight,
+                                        const Tensor gate,
+                                        const Tensor lambda,
+                                        const Tensor o_prev,
+                                        const Tensor scale,
+                                        const Tensor shift, Tensor out,
+                                        int64_t act, bool add_input) {
+  at::cuda::CUDAGuard device_guard(x.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t G = gate.size(1);
+  const bool cl = !x.is_contiguous();
+  const int blocks = mrla_blocks(x.numel());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_forward_cuda",
+      [&] {
+        using A = at::opmath_type<scalar_t>;
+        const A* sc = scale.numel() ? scale.const_data_ptr<A>() : nullptr;
+        const A* sh = shift.numel() ? shift.const_data_ptr<A>() : nullptr;
+        // Without o_prev the kernel computes the value map alone.
+        const bool prev = o_prev.numel() > 0;
+        auto kernel = cl ? mrla_light_forward_cuda_kernel<scalar_t, A, true>
+                         : mrla_light_forward_cuda_kernel<scalar_t, A, false>;
+        kernel<<<blocks, kMRLAThreads, 0, stream>>>(
+            x.const_data_ptr<scalar_t>(), weight.const_data_ptr<A>(),
+            gate.const_data_ptr<A>(),
+            prev ? lambda.const_data_ptr<A>() : nullptr,
+            prev ? o_prev.const_data_ptr<scalar_t>() : nullptr, sc, sh,
+            out.mutable_data_ptr<scalar_t>(), B, C, H, W, G,
+            static_cast<int>(act), add_input);
+      });
+  AT_CUDA_CHECK(cudaGetLastError());
+}
+
+void MRLALightBackwardCUDAKernelLauncher(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    Tensor grad_x, Tensor grad_o_prev, Tensor grad_weight_part,
+    Tensor grad_gate_part, Tensor grad_lambda_part, int64_t act) {
+  at::cuda::CUDAGuard device_guard(x.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t G = gate.size(1);
+  const bool cl = !x.is_contiguous();
+  const int planes = static_cast<int>(B * C);
+  // The value gradient, in the layout of x, at accumulation precision.
+  Tensor grad_v = at::empty_like(x, weight.options(),
+                                 cl ? at::MemoryFormat::ChannelsLast
+                                    : at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_backward_cuda",
+      [&] {
+        using A = at::opmath_type<scalar_t>;
+        const bool prev = o_prev.numel() > 0;
+        auto value_kernel =
+            cl ? mrla_light_backward_value_cuda_kernel<scalar_t, A, true>
+               : mrla_light_backward_value_cuda_kernel<scalar_t, A, false>;
+        value_kernel<<<planes, kMRLAThreads, 0, stream>>>(
+            grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+            weight.const_data_ptr<A>(), gate.const_data_ptr<A>(),
+            prev ? lambda.const_data_ptr<A>() : nullptr,
+            prev ? o_prev.const_data_ptr<scalar_t>() : nullptr,
+            grad_v.mutable_data_ptr<A>(),
+            prev ? grad_o_prev.mutable_data_ptr<scalar_t>() : nullptr,
+            grad_gate_part.mutable_data_ptr<A>(),
+            grad_lambda_part.mutable_data_ptr<A>(), C, H, W, G,
+            static_cast<int>(act));
+        AT_CUDA_CHECK(cudaGetLastError());
+        auto input_kernel =
+            cl ? mrla_light_backward_input_cuda_kernel<scalar_t, A, true>
+               : mrla_light_backward_input_cuda_kernel<scalar_t, A, false>;
+        input_kernel<<<planes, kMRLAThreads, 0, stream>>>(
+            grad_v.const_data_ptr<A>(), x.const_data_ptr<scalar_t>(),
+            weight.const_data_ptr<A>(), grad_x.mutable_data_ptr<scalar_t>(),
+            grad_weight_part.mutable_data_ptr<A>(), C, H, W);
+      });
+  AT_CUDA_CHECK(cudaGetLastError());
+}

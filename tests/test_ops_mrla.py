@@ -1,0 +1,275 @@
+"""The compiled MRLA ops against their PyTorch composition and autograd."""
+import functools
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mrla_mm.ops import ext_loader, mrla_math
+from mrla_mm.ops.mrla_base import MRLABaseReadoutFunction, mrla_base_readout
+from mrla_mm.ops.mrla_light import (
+    MRLALightCoreFunction,
+    mrla_light_core,
+    mrla_light_core_pytorch,
+)
+from mrla_mm.ops.mrla_value import MRLAValueFunction, mrla_value_map
+from conftest import rel_err
+
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def test_extension_is_built():
+    assert ext_loader.load_ext() is not None, (
+        'mrla_mm._ext is not built: run `make install` (or `pip install '
+        '--no-build-isolation -e .`); error: ' + str(ext_loader._ext_error))
+
+
+def _light_inputs(b, heads, d, h, w, dtype=torch.float64,
+                  fmt=torch.contiguous_format, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = heads * d
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    x = r(b, c, h, w).contiguous(memory_format=fmt)
+    o = r(b, c, h, w).contiguous(memory_format=fmt)
+    gate = torch.rand(b, heads, generator=g, dtype=dtype)
+    return x, r(c, 1, 3, 3), gate, r(c), o
+
+
+def _base_inputs(b, heads, d, h, w, t, dtype=torch.float64,
+                 fmt=torch.contiguous_format, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = heads * d
+    values = [
+        torch.randn(b, c, h, w, generator=g,
+                    dtype=dtype).contiguous(memory_format=fmt)
+        for _ in range(t)
+    ]
+    weights = torch.softmax(
+        torch.randn(b, heads, t, generator=g, dtype=dtype), -1)
+    return weights, values
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+@pytest.mark.parametrize('act', ['identity', 'gelu'])
+def test_light_gradcheck(fmt, act):
+    inputs = [
+        t.requires_grad_()
+        for t in _light_inputs(2, 2, 3, 4, 5, fmt=fmt, seed=1)
+    ]
+
+    def f(*a):
+        return MRLALightCoreFunction.apply(*a, act)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+@pytest.mark.parametrize('t', [1, 3])
+def test_base_gradcheck(fmt, t):
+    weights, values = _base_inputs(2, 2, 3, 3, 4, t, fmt=fmt, seed=2)
+    inputs = [weights.requires_grad_()] + [v.requires_grad_() for v in values]
+    assert torch.autograd.gradcheck(MRLABaseReadoutFunction.apply, inputs)
+    assert torch.autograd.gradgradcheck(MRLABaseReadoutFunction.apply,
+                                        inputs)
+
+
+def _grads(out, inputs, grad):
+    ins = [t for t in inputs if t.requires_grad]
+    return torch.autograd.grad(out, ins, grad)
+
+
+shapes = dict(
+    b=st.integers(1, 3), heads=st.integers(1, 4), d=st.integers(1, 8),
+    h=st.integers(1, 9), w=st.integers(1, 9), cl=st.booleans(),
+    seed=st.integers(0, 2**16))
+
+
+@settings(max_examples=110, deadline=None)
+@given(act=st.sampled_from(['identity', 'gelu']), fold=st.booleans(),
+       add_input=st.booleans(), **shapes)
+def test_light_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, act,
+                                        fold, add_input):
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x, wv, gate, lam, o = _light_inputs(b, heads, d, h, w, torch.float32,
+                                        fmt, seed)
+    c = heads * d
+    scale, shift = (torch.randn(c), torch.randn(c)) if fold else (None,
+                                                                  None)
+    with torch.no_grad():
+        out = mrla_light_core(x, wv, gate, lam, o, act, scale=scale,
+                              shift=shift, add_input=add_input)
+        ref = mrla_light_core_pytorch(x, wv, gate, lam, o, act, scale,
+                                      shift, add_input)
+    assert out.is_contiguous(memory_format=fmt)
+    assert rel_err(out, ref) < 1e-5
+    inputs = [t.requires_grad_() for t in (x, wv, gate, lam, o)]
+    out = MRLALightCoreFunction.apply(*inputs, act)
+    ref = mrla_light_core_pytorch(*inputs, act)
+    grad = torch.randn_like(ref)
+    for a, r in zip(_grads(out, inputs, grad), _grads(ref, inputs, grad)):
+        assert rel_err(a, r) < 1e-5
+
+
+@settings(max_examples=110, deadline=None)
+@given(t=st.integers(1, 24), **shapes)
+def test_base_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, t):
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    weights, values = _base_inputs(b, heads, d, h, w, t, torch.float32, fmt,
+                                   seed)
+    inputs = [weights.requires_grad_()] + [v.requires_grad_() for v in values]
+    out = MRLABaseReadoutFunction.apply(*inputs)
+    ref = mrla_math.base_combine(inputs[0], inputs[1:])
+    assert out.is_contiguous(memory_format=fmt)
+    assert rel_err(out, ref) < 1e-5
+    grad = torch.randn_like(ref)
+    for a, r in zip(_grads(out, inputs, grad), _grads(ref, inputs, grad)):
+        assert rel_err(a, r) < 1e-5
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float16, 3e-3),
+                                       (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_half_precision_against_float32(dtype, tol, fmt):
+    """Half-precision maps, float32 accumulation: within the rounding of
+    the inputs and outputs, forward and backward."""
+    x, wv, gate, lam, o = _light_inputs(2, 4, 8, 13, 11, torch.float32, fmt)
+    lo = [t.to(dtype).requires_grad_() for t in (x, o)]
+    hi = [t.float().detach().requires_grad_() for t in lo]
+    out = MRLALightCoreFunction.apply(lo[0], wv, gate, lam, lo[1], 'gelu')
+    ref = MRLALightCoreFunction.apply(hi[0], wv, gate, lam, hi[1], 'gelu')
+    assert out.dtype == dtype and rel_err(out, ref) < tol
+    g = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(out, lo, g.to(dtype)),
+                    torch.autograd.grad(ref, hi, g)):
+        assert a.dtype == dtype and rel_err(a, r) < tol
+    weights, values = _base_inputs(2, 4, 8, 13, 11, 6, torch.float32, fmt)
+    lo = [v.to(dtype).requires_grad_() for v in values]
+    hi = [v.float().detach().requires_grad_() for v in lo]
+    out = MRLABaseReadoutFunction.apply(weights, *lo)
+    ref = MRLABaseReadoutFunction.apply(weights, *hi)
+    assert out.dtype == dtype and rel_err(out, ref) < tol
+    for a, r in zip(torch.autograd.grad(out, lo, g.to(dtype)),
+                    torch.autograd.grad(ref, hi, g)):
+        assert rel_err(a, r) < tol
+
+
+class _Ops(TorchDispatchMode):
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dim() == 4:
+            self.names.append(str(func))
+        return out
+
+
+def test_dispatch_takes_compiled_path(monkeypatch):
+    """With the extension no ATen op computes on the feature maps (no
+    convolution, no multiply) but the kernels' output allocations;
+    MRLA_OPS_BACKEND=pytorch brings the composition back."""
+    x, wv, gate, lam, o = _light_inputs(1, 2, 4, 5, 5, torch.float32)
+    weights, values = _base_inputs(1, 2, 4, 5, 5, 4, torch.float32)
+    q, keys = torch.randn(1, 8), torch.randn(1, 4, 8)
+    for backend, compiled in [('auto', True), ('pytorch', False)]:
+        monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
+        with _Ops() as mode:
+            mrla_light_core(x, wv, gate, lam, o)
+            mrla_base_readout(q, keys, values, 2)
+        convs = [n for n in mode.names if 'convolution' in n]
+        muls = [n for n in mode.names if n.startswith(('aten.mul',
+                                                       'aten.addcmul'))]
+        assert (not convs and not muls) == compiled, mode.names
+
+
+def test_fallback_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(ext_loader, '_ext', None)
+    monkeypatch.setattr(ext_loader, '_ext_error', 'No module named x')
+    monkeypatch.setattr(ext_loader, '_logged', set())
+    x, wv, gate, lam, o = _light_inputs(1, 2, 4, 3, 3, torch.float32)
+    with caplog.at_level(logging.INFO, logger='mrla_mm.ops'):
+        for _ in range(3):
+            out = mrla_light_core(x, wv, gate, lam, o)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ['mrla_light_core: pure-PyTorch path, since the '
+                    'extension mrla_mm._ext is not built (No module named '
+                    'x)']
+    assert rel_err(out, mrla_light_core_pytorch(x, wv, gate, lam, o)) == 0
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'compiled')
+    with pytest.raises(RuntimeError, match='MRLA_OPS_BACKEND=compiled but '
+                       'the extension mrla_mm._ext is not built'):
+        mrla_light_core(x, wv, gate, lam, o)
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'fast')
+    with pytest.raises(ValueError, match=r"MRLA_OPS_BACKEND must be one of "
+                       r"\('auto', 'pytorch', 'compiled'\), got 'fast'"):
+        mrla_light_core(x, wv, gate, lam, o)
+
+
+def test_bad_inputs_name_the_argument():
+    ext = ext_loader.load_ext()
+    x, wv, gate, lam, o = _light_inputs(1, 2, 4, 3, 3, torch.float32)
+    w9, empty = wv.view(8, 9), torch.empty(0)
+    with pytest.raises(RuntimeError, match=r'o_prev must have the shape of '
+                       r'x \[1, 8, 3, 3\], got \[1, 8, 3, 2\]'):
+        ext.mrla_light_forward(x, w9, gate, lam, o[..., :2], empty, empty, 0,
+                               False)
+    with pytest.raises(RuntimeError, match='gate must be .B, G. with G '
+                       'dividing C=8'):
+        ext.mrla_light_forward(x, w9, gate[:, :1].repeat(1, 3), lam, o,
+                               empty, empty, 0, False)
+    with pytest.raises(RuntimeError, match='weight must be Float for Float '
+                       'maps, got Double'):
+        ext.mrla_light_forward(x, w9.double(), gate, lam, o, empty, empty, 0,
+                               False)
+    with pytest.raises(RuntimeError, match='x must be contiguous or '
+                       'channels_last'):
+        ext.mrla_light_forward(x.transpose(2, 3), w9, gate, lam, o, empty,
+                               empty, 0, False)
+    weights, values = _base_inputs(1, 2, 4, 3, 3, 2, torch.float32)
+    with pytest.raises(RuntimeError, match=r'values\[1\] must match '
+                       r'values\[0\]'):
+        ext.mrla_base_forward(weights, [values[0], values[1][..., :2]])
+    with pytest.raises(RuntimeError, match=r'weights must be \[B, G, T\] = '
+                       r'\[1, G, 3\]'):
+        ext.mrla_base_forward(weights, values + values[:1])
+    with pytest.raises(ValueError, match='scale and shift must be given '
+                       'together'):
+        mrla_light_core(x, wv, gate, lam, o, scale=lam)
+
+
+def test_unusual_strides_are_copied():
+    """A map that is neither contiguous nor channels_last is copied once
+    into a supported layout, with the same result."""
+    x, wv, gate, lam, o = _light_inputs(2, 2, 4, 6, 5, torch.float32)
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not xt.is_contiguous() and not xt.is_contiguous(
+        memory_format=torch.channels_last)
+    ref = mrla_light_core_pytorch(x, wv, gate, lam, o)
+    assert rel_err(MRLALightCoreFunction.apply(xt, wv, gate, lam, o,
+                                               'identity'), ref) < 1e-6
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+@pytest.mark.parametrize('act', ['identity', 'gelu'])
+def test_value_map(fmt, act):
+    """The compiled value map is mrla_math.mrla_value, with gradients."""
+    x, wv = [
+        t.requires_grad_()
+        for t in _light_inputs(2, 2, 3, 4, 5, fmt=fmt, seed=3)[:2]
+    ]
+    f = functools.partial(MRLAValueFunction.apply, value_act=act)
+    assert torch.autograd.gradcheck(f, (x, wv))
+    assert torch.autograd.gradgradcheck(f, (x, wv))
+    x32, w32 = x.detach().float(), wv.detach().float()
+    out = mrla_value_map(x32, w32, act)
+    assert out.is_contiguous(memory_format=fmt)
+    assert rel_err(out, mrla_math.mrla_value(x32, w32, act)) < 1e-6

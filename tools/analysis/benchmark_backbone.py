@@ -1,0 +1,191 @@
+"""Plain ResNet against MRLA-light and MRLA-base ResNet, side by side.
+
+All variants run in one process on the same input, interleaved repeat by
+repeat so that a change of machine load hits them alike; the table gives
+the median time of each and its ratio to the plain ResNet, for inference
+(eval mode, no grad) and a training step (forward, backward, SGD step).
+Peak memory of a training step is measured in a child process per
+variant (resident-set high-water mark above the model's own footprint,
+with large allocations returned to the OS on free).
+
+Example::
+
+    python tools/analysis/benchmark_backbone.py --batch 8 --size 224 \\
+        --threads 2 --channels-last
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+VARIANTS = ('plain', 'light', 'base', 'light-pytorch', 'base-pytorch')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--depth', type=int, default=50, choices=(50, 101, 152))
+    p.add_argument('--batch', type=int, default=8)
+    p.add_argument('--size', type=int, default=224)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--variants', nargs='+', default=list(VARIANTS[:3]),
+                   choices=VARIANTS,
+                   help='"-pytorch" variants force the pure-PyTorch path '
+                   'of the MRLA ops')
+    p.add_argument('--modes', nargs='+', default=['infer', 'train'],
+                   choices=('infer', 'train'))
+    p.add_argument('--memory', action='store_true',
+                   help='also measure peak training-step memory')
+    p.add_argument('--json', help='write the results to this file')
+    p.add_argument('--memory-child', help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build(variant, depth):
+    """The backbone of a variant (mmdet ResNet / MRLAResNet)."""
+    from mrla_mm.models import MRLAResNet
+    kind = variant.split('-')[0]
+    cfg = dict(light=dict(type='MRLALight'), base=dict(type='MRLABase'),
+               plain=None)[kind]
+    # MRLA-base ResNets have the deep stem in the reference.
+    return MRLAResNet(depth, mrla_cfg=cfg, deep_stem=kind == 'base',
+                      out_indices=(3, ), norm_eval=False)
+
+
+class Runner:
+    """One variant: its model, optimizer and the backend it runs with."""
+
+    def __init__(self, variant, args):
+        self.variant = variant
+        self.backend = 'pytorch' if variant.endswith('-pytorch') else 'auto'
+        torch.manual_seed(0)
+        self.model = build(variant, args.depth)
+        fmt = (torch.channels_last
+               if args.channels_last else torch.contiguous_format)
+        self.model = self.model.to(memory_format=fmt)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4)
+
+    def __enter__(self):
+        os.environ['MRLA_OPS_BACKEND'] = self.backend
+
+    def __exit__(self, *exc):
+        os.environ.pop('MRLA_OPS_BACKEND', None)
+
+    def infer(self, x):
+        self.model.eval()
+        with self, torch.no_grad():
+            self.model(x)
+
+    def train(self, x):
+        self.model.train()
+        with self:
+            self.opt.zero_grad(set_to_none=True)
+            out = self.model(x)
+            sum(o.float().mean() for o in out).backward()
+            self.opt.step()
+
+
+def make_input(args):
+    x = torch.randn(args.batch, 3, args.size, args.size,
+                    generator=torch.Generator().manual_seed(0))
+    return x.contiguous(memory_format=torch.channels_last
+                        if args.channels_last else torch.contiguous_format)
+
+
+def time_variants(args):
+    x = make_input(args)
+    runners = [Runner(v, args) for v in args.variants]
+    results = {}
+    for mode in args.modes:
+        times = {r.variant: [] for r in runners}
+        for i in range(args.warmup + args.repeats):
+            for r in runners:
+                t0 = time.perf_counter()
+                getattr(r, mode)(x)
+                if i >= args.warmup:
+                    times[r.variant].append(time.perf_counter() - t0)
+        results[mode] = {v: statistics.median(t) for v, t in times.items()}
+    return results
+
+
+def rss_mib():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def memory_child(args):
+    """Peak memory of one training step of one variant (child process)."""
+    r = Runner(args.memory_child, args)
+    x = make_input(args)
+    r.train(x[:1])  # allocate the optimizer state, warm up the kernels
+    before = rss_mib()
+    r.train(x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(peak_mib=peak - before)))
+
+
+def measure_memory(args, argv):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
+    out = {}
+    for v in args.variants:
+        proc = subprocess.run(
+            [sys.executable, __file__, *argv, '--memory-child', v],
+            env=env, capture_output=True, text=True, check=True)
+        out[v] = json.loads(proc.stdout.strip().splitlines()[-1])['peak_mib']
+    return out
+
+
+def print_table(args, results, memory):
+    load = os.getloadavg()
+    print(f'ResNet-{args.depth}, batch {args.batch}x{args.size}x'
+          f'{args.size}, {args.threads} threads, '
+          f'{"channels_last" if args.channels_last else "NCHW"}, median of '
+          f'{args.repeats} after {args.warmup} warm-up, torch '
+          f'{torch.__version__}; load average {load[0]:.2f} '
+          f'{load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs')
+    head = '| variant |'
+    rule = '|---|'
+    for mode in args.modes:
+        head += f' {mode} s | {mode} / plain |'
+        rule += '---|---|'
+    if memory:
+        head += ' train peak MiB | memory / plain |'
+        rule += '---|---|'
+    print(head)
+    print(rule)
+    for v in args.variants:
+        row = f'| {v} |'
+        for mode in args.modes:
+            t, ref = results[mode][v], results[mode].get('plain')
+            row += f' {t:.3f} | ' + (f'{t / ref:.3f}x |' if ref else '- |')
+        if memory:
+            m, ref = memory[v], memory.get('plain')
+            row += f' {m:.0f} | ' + (f'{m / ref:.3f}x |' if ref else '- |')
+        print(row)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return memory_child(args)
+    results = time_variants(args)
+    memory = measure_memory(args, argv) if args.memory else None
+    print_table(args, results, memory)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(args=vars(args), times=results, memory=memory), f,
+                      indent=2)
+
+
+if __name__ == '__main__':
+    main()
