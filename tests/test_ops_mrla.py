@@ -16,6 +16,7 @@ from mrla_mm.ops.mrla_light import (
     mrla_light_core_pytorch,
 )
 from mrla_mm.ops.mrla_value import MRLAValueFunction, mrla_value_map
+from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 from conftest import rel_err
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
@@ -85,6 +86,33 @@ def _grads(out, inputs, grad):
     return torch.autograd.grad(out, ins, grad)
 
 
+def _rounding_errors(out, grads, inputs, grad_out, composition):
+    """Largest error of a float32 op's output and input gradients against
+    the float64 composition, each relative to the magnitude of the terms
+    summed to produce it (the composition on absolute values).
+
+    Gradients sum many products; where they cancel, two float32 results
+    may differ far more than the result's own size, so each is measured
+    against exact arithmetic on the scale float32 rounding works on.
+    """
+    def f64(ts, absolute):
+        return [(t.detach().double().abs() if absolute else
+                 t.detach().double()).requires_grad_() for t in ts]
+
+    errs = []
+    exact_in, scale_in = f64(inputs, False), f64(inputs, True)
+    exact = composition(*exact_in)
+    scale = composition(*scale_in)
+    g = grad_out.detach().double()
+    pairs = [(out, exact, scale)] + list(
+        zip(grads, torch.autograd.grad(exact, exact_in, g),
+            torch.autograd.grad(scale, scale_in, g.abs())))
+    for a, e, sc in pairs:
+        errs.append(((a.detach().double() - e).abs().max() /
+                     sc.abs().max().clamp_min(1e-300)).item())
+    return max(errs)
+
+
 shapes = dict(
     b=st.integers(1, 3), heads=st.integers(1, 4), d=st.integers(1, 8),
     h=st.integers(1, 9), w=st.integers(1, 9), cl=st.booleans(),
@@ -111,10 +139,10 @@ def test_light_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, act,
     assert rel_err(out, ref) < 1e-5
     inputs = [t.requires_grad_() for t in (x, wv, gate, lam, o)]
     out = MRLALightCoreFunction.apply(*inputs, act)
-    ref = mrla_light_core_pytorch(*inputs, act)
-    grad = torch.randn_like(ref)
-    for a, r in zip(_grads(out, inputs, grad), _grads(ref, inputs, grad)):
-        assert rel_err(a, r) < 1e-5
+    grad = torch.randn_like(out)
+    assert _rounding_errors(
+        out, _grads(out, inputs, grad), inputs, grad,
+        lambda *a: mrla_light_core_pytorch(*a, act)) < 1e-5
 
 
 @settings(max_examples=110, deadline=None)
@@ -125,12 +153,73 @@ def test_base_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, t):
                                    seed)
     inputs = [weights.requires_grad_()] + [v.requires_grad_() for v in values]
     out = MRLABaseReadoutFunction.apply(*inputs)
-    ref = mrla_math.base_combine(inputs[0], inputs[1:])
+    assert out.is_contiguous(memory_format=fmt)
+    grad = torch.randn_like(out)
+    assert _rounding_errors(
+        out, _grads(out, inputs, grad), inputs, grad,
+        lambda w, *v: mrla_math.base_combine(w, v)) < 1e-5
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=st.integers(1, 24), fold=st.booleans(), add_input=st.booleans(),
+       **shapes)
+def test_base_fused_inference_matches_pytorch(b, heads, d, h, w, cl, seed, t,
+                                              fold, add_input):
+    """Readout, folded eval norm + ReLU and residual add in one kernel."""
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    c = heads * d
+    _, values = _base_inputs(b, heads, d, h, w, t, torch.float32, fmt, seed)
+    q, keys, x = torch.randn(b, c), torch.randn(b, t, c), torch.randn_like(
+        values[0])
+    scale, shift = (torch.randn(c), torch.randn(c)) if fold else (None,
+                                                                  None)
+    residual = x if add_input else None
+    with torch.no_grad():
+        out = mrla_base_readout(q, keys, values, heads, scale=scale,
+                                shift=shift, residual=residual)
+        ref = mrla_math.base_combine(
+            mrla_math.base_weights(q, keys, heads), values)
+        if fold:
+            ref = torch.relu(ref * scale.view(1, c, 1, 1) +
+                             shift.view(1, c, 1, 1))
+        if add_input:
+            ref = ref + x
     assert out.is_contiguous(memory_format=fmt)
     assert rel_err(out, ref) < 1e-5
-    grad = torch.randn_like(ref)
-    for a, r in zip(_grads(out, inputs, grad), _grads(ref, inputs, grad)):
-        assert rel_err(a, r) < 1e-5
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+       **shapes)
+def test_residual_relu_pool_matches_pytorch(b, heads, d, h, w, cl, seed,
+                                            dtype):
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    g = torch.Generator().manual_seed(seed)
+    r, i = [
+        torch.randn(b, heads * d, h, w, generator=g).to(dtype).contiguous(
+            memory_format=fmt) for _ in range(2)
+    ]
+    out, mean = residual_relu_pool(r, i)
+    ref = torch.relu(r + i)
+    assert out.is_contiguous(memory_format=fmt) and out.dtype == dtype
+    # The add and the ReLU round as PyTorch's own ops do.
+    assert torch.equal(out, ref)
+    ref_mean = ref.double().mean((2, 3))
+    assert mean.dtype == dtype and mean.shape == (b, heads * d)
+    assert rel_err(mean, ref_mean) < {
+        torch.float32: 2e-6, torch.float64: 1e-13, torch.bfloat16: 1e-2
+    }[dtype]
+
+
+def test_residual_relu_pool_is_for_inference():
+    r = torch.randn(1, 4, 3, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match='residual_relu_pool is an '
+                       'inference op'):
+        residual_relu_pool(r, torch.randn(1, 4, 3, 3))
+    nan = torch.full((1, 1, 2, 2), float('nan'))
+    with torch.no_grad():
+        out, mean = residual_relu_pool(nan, torch.zeros_like(nan))
+    assert out.isnan().all() and mean.isnan().all()
 
 
 @pytest.mark.parametrize('dtype,tol', [(torch.float16, 3e-3),
@@ -237,10 +326,22 @@ def test_bad_inputs_name_the_argument():
     weights, values = _base_inputs(1, 2, 4, 3, 3, 2, torch.float32)
     with pytest.raises(RuntimeError, match=r'values\[1\] must match '
                        r'values\[0\]'):
-        ext.mrla_base_forward(weights, [values[0], values[1][..., :2]])
+        ext.mrla_base_forward(weights, [values[0], values[1][..., :2]],
+                              empty, empty, empty)
     with pytest.raises(RuntimeError, match=r'weights must be \[B, G, T\] = '
                        r'\[1, G, 3\]'):
-        ext.mrla_base_forward(weights, values + values[:1])
+        ext.mrla_base_forward(weights, values + values[:1], empty, empty,
+                              empty)
+    with pytest.raises(RuntimeError, match='scale and shift must be '
+                       'contiguous Float tensors of C=8 elements, got shape '
+                       r'\[4\]'):
+        ext.mrla_base_forward(weights, values, lam[:4], lam, empty)
+    with pytest.raises(RuntimeError, match=r'residual must match the values '
+                       r'in shape \[1, 8, 3, 3\]'):
+        ext.mrla_base_forward(weights, values, lam, lam, x[..., :2])
+    with pytest.raises(RuntimeError, match='identity must match residual in '
+                       r'shape \[1, 8, 3, 3\]'):
+        ext.residual_relu_pool(x, o[:, :4])
     with pytest.raises(ValueError, match='scale and shift must be given '
                        'together'):
         mrla_light_core(x, wv, gate, lam, o, scale=lam)

@@ -1,5 +1,5 @@
 """MRLA-base core: softmax readout over a per-stage key/value cache."""
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -20,8 +20,9 @@ class MRLABaseReadoutFunction(Function):
     @staticmethod
     def forward(ctx, weights: Tensor, *values: Tensor) -> Tensor:
         ctx.save_for_backward(weights, *values)
-        return load_ext().mrla_base_forward(*_kernel_operands(weights,
-                                                              values))
+        none = weights.new_empty(0)
+        return load_ext().mrla_base_forward(
+            *_kernel_operands(weights, values), none, none, none)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -58,8 +59,14 @@ def _kernel_operands(weights, values):
     return weights.detach().to(acc_dtype(vals[0])).contiguous(), vals
 
 
-def mrla_base_readout(q: Tensor, keys: Tensor, values: Sequence[Tensor],
-                      num_heads: int) -> Tensor:
+def mrla_base_readout(q: Tensor,
+                      keys: Tensor,
+                      values: Sequence[Tensor],
+                      num_heads: int,
+                      *,
+                      scale: Optional[Tensor] = None,
+                      shift: Optional[Tensor] = None,
+                      residual: Optional[Tensor] = None) -> Tensor:
     """``O_g = sum_s softmax_s(q_g . k^s_g / sqrt(d)) * V^s_g``.
 
     The softmax weights come from :func:`mrla_math.base_weights`; the
@@ -72,14 +79,49 @@ def mrla_base_readout(q: Tensor, keys: Tensor, values: Sequence[Tensor],
         values (Sequence[Tensor]): their ``T`` value maps, each
             ``[B, C, H, W]``, read in place.
         num_heads (int): number of heads ``G``.
+        scale (Tensor, optional): per-channel factor ``[C]``, with
+            ``shift``: an eval-mode BatchNorm folded in, which a ReLU
+            follows (the MRLA branch of a ResNet block).
+        shift (Tensor, optional): per-channel offset ``[C]``.
+        residual (Tensor, optional): a map added last, ``[B, C, H, W]``.
 
     Returns:
-        Tensor: ``[B, C, H, W]``.
+        Tensor: ``O`` ``[B, C, H, W]``; ``relu(O * scale + shift)`` with a
+        folded norm, plus ``residual`` when given.
     """
     if keys.shape[1] != len(values):
         raise ValueError(f'keys hold {keys.shape[1]} layers but values hold '
                          f'{len(values)}')
+    if (scale is None) != (shift is None):
+        raise ValueError('scale and shift must be given together, got '
+                         f'scale={"set" if scale is not None else None}, '
+                         f'shift={"set" if shift is not None else None}')
     weights = base_weights(q, keys, num_heads)
-    if use_compiled('mrla_base_readout', values):
-        return MRLABaseReadoutFunction.apply(weights, *values)
-    return base_combine(weights, values)
+    compiled = use_compiled('mrla_base_readout', values)
+    if compiled and not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (weights, *values, scale, shift, residual))):
+        return _fused_inference(weights, values, scale, shift, residual)
+    out = (MRLABaseReadoutFunction.apply(weights, *values)
+           if compiled else base_combine(weights, values))
+    if scale is not None:
+        c = out.shape[1]
+        out = torch.relu(
+            torch.addcmul(shift.view(1, c, 1, 1), out, scale.view(1, c, 1,
+                                                                    1)))
+    return out if residual is None else out + residual
+
+
+def _fused_inference(weights, values, scale, shift, residual):
+    """Readout, folded norm, ReLU and residual in one pass, no autograd."""
+    w, vals = _kernel_operands(weights, values)
+
+    def small(t):
+        return w.new_empty(0) if t is None else t.detach().to(
+            w.dtype).reshape(-1).contiguous()
+
+    res = w.new_empty(0, dtype=vals[0].dtype) if residual is None else (
+        residual.detach().to(vals[0].dtype).contiguous(
+            memory_format=map_format(vals[0])))
+    return load_ext().mrla_base_forward(w, vals, small(scale), small(shift),
+                                        res)

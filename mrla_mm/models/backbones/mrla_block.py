@@ -8,6 +8,8 @@ from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mrla_mm.ops import residual_relu_pool
+from mrla_mm.ops.ext_loader import use_compiled
 from ..layers import MRLABase, MRLACache, MRLALight, build_mrla_layer
 
 # The paper's dim_per_head for ResNets: 32 for light, 16 for base.
@@ -63,15 +65,22 @@ class MRLABlockMixin:
         """nn.Module: the normalization layer of the MRLA branch."""
         return getattr(self, self.mrla_norm_name)
 
-    def _folded_mrla_norm(self) -> Optional[Tuple[Tensor, Tensor]]:
+    def _folded_mrla_norm(self, x: Tensor,
+                          op: str) -> Optional[Tuple[Tensor, Tensor]]:
         """``(scale, shift)`` of an eval-mode BatchNorm on the MRLA branch
-        when nothing between it and the residual add needs its own pass
-        (no gradient, no active drop path); else None."""
+        when the compiled ``op`` takes ``x`` and nothing between the norm
+        and the residual add needs its own pass (no gradient, no active
+        drop path); else None.
+
+        The PyTorch path keeps the norm module, so that what it runs (and
+        what a FLOP counter sees) is the unfused model.
+        """
         norm = self.mrla_norm
         if (self.training or torch.is_grad_enabled()
                 or not isinstance(norm, _BatchNorm) or norm.training
                 or not norm.track_running_stats
-                or norm.running_var is None):
+                or norm.running_var is None
+                or not use_compiled(op, (x, ))):
             return None
         scale = torch.rsqrt(norm.running_var + norm.eps)
         shift = -norm.running_mean * scale
@@ -88,21 +97,44 @@ class MRLABlockMixin:
         return self.relu(self.residual(x) + identity), identity
 
     def forward(self, x: Tensor, cache: Optional[MRLACache] = None) -> Tensor:
-        if self.with_cp and x.requires_grad:
+        descriptor = None
+        if self.mrla is not None and not torch.is_grad_enabled():
+            # MRLA's channel means are taken while the block output is
+            # written, instead of in a pass of their own.
+            identity = x if self.downsample is None else self.downsample(x)
+            out, descriptor = residual_relu_pool(self.residual(x), identity)
+        elif self.with_cp and x.requires_grad:
             out, identity = cp.checkpoint(self._body, x, use_reentrant=False)
         else:
             out, identity = self._body(x)
         if isinstance(self.mrla, MRLALight):
-            folded = self._folded_mrla_norm()
+            folded = self._folded_mrla_norm(out, 'mrla_light_core')
             if folded is not None:
                 # The norm, the branch and the residual add in one pass.
-                return self.mrla(out, identity, *folded, add_input=True)
-            branch = self.mrla_norm(self.mrla(out, identity))
+                return self.mrla(
+                    out,
+                    identity,
+                    *folded,
+                    add_input=True,
+                    descriptor=descriptor)
+            branch = self.mrla_norm(
+                self.mrla(out, identity, descriptor=descriptor))
         elif isinstance(self.mrla, MRLABase):
             if cache is None:
                 raise ValueError('an MRLA-base block needs the cache of its '
                                  'stage; run it through its stage')
-            branch = self.relu(self.mrla_norm(self.mrla(out, cache)))
+            folded = self._folded_mrla_norm(out, 'mrla_base_readout')
+            if folded is not None:
+                # The norm, its ReLU and the residual add in one pass.
+                return self.mrla(
+                    out,
+                    cache,
+                    descriptor=descriptor,
+                    scale=folded[0],
+                    shift=folded[1],
+                    add_input=True)
+            branch = self.relu(
+                self.mrla_norm(self.mrla(out, cache, descriptor=descriptor)))
         else:
             return out
         return out + self.mrla_drop_path(branch)

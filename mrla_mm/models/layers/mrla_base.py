@@ -76,27 +76,47 @@ class MRLABase(BaseModule):
         """An empty cache for a new group, held as this layer asks."""
         return MRLACache(detach=self.detach_cache)
 
-    def forward(self, x: Tensor, cache: MRLACache) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                cache: MRLACache,
+                descriptor: Optional[Tensor] = None,
+                scale: Optional[Tensor] = None,
+                shift: Optional[Tensor] = None,
+                add_input: bool = False) -> Tensor:
         """Append this layer to ``cache`` and attend over all its layers.
 
         Args:
             x (Tensor): ``X^t``, ``[B, C, H, W]``.
             cache (MRLACache): The group's cache; empty at its first layer.
+            descriptor (Tensor, optional): ``x``'s channel means ``[B, C]``
+                when the caller has them already.
+            scale (Tensor, optional): with ``shift``, an eval-mode norm
+                ``[C]`` folded into the readout, which a ReLU follows.
+            shift (Tensor, optional): see ``scale``.
+            add_input (bool): add ``x`` to the result. Defaults to False.
 
         Returns:
-            Tensor: ``O^t``, ``[B, C, H, W]``.
+            Tensor: ``O^t``, ``[B, C, H, W]`` (extended as ``scale``,
+            ``shift`` and ``add_input`` ask, see
+            :func:`mrla_mm.ops.mrla_base_readout`).
         """
         check_feature_map(x, self.channels, 'x')
         if not isinstance(cache, MRLACache):
             raise TypeError('cache must be an MRLACache, got '
                             f'{type(cache).__name__}')
-        y = channel_descriptor(x)
+        y = channel_descriptor(x) if descriptor is None else descriptor
         q = channel_conv1d(y, self.query_conv.weight)
         cache.append(
             channel_conv1d(y, self.key_conv.weight),
             mrla_value_map(x, self.value_conv.weight, self.value_act))
-        return mrla_base_readout(q, cache.stacked_keys(), cache.values,
-                                 self.num_heads)
+        return mrla_base_readout(
+            q,
+            cache.stacked_keys(),
+            cache.values,
+            self.num_heads,
+            scale=scale,
+            shift=shift,
+            residual=x if add_input else None)
 
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, num_heads={self.num_heads}, '

@@ -76,9 +76,13 @@ class MRLALight(BaseModule):
         else:
             nn.init.constant_(self.lambda_t, float(lambda_init))
 
-    def gate(self, x: Tensor) -> Tensor:
-        """Per-sample, per-head gate ``[B, G]`` of the input map ``x``."""
-        y = channel_descriptor(x)
+    def gate(self, x: Tensor, descriptor: Optional[Tensor] = None) -> Tensor:
+        """Per-sample, per-head gate ``[B, G]`` of the input map ``x``.
+
+        ``descriptor`` is ``x``'s channel means ``[B, C]`` when the caller
+        has them already (see :func:`mrla_mm.ops.residual_relu_pool`).
+        """
+        y = channel_descriptor(x) if descriptor is None else descriptor
         return light_gate(
             channel_conv1d(y, self.query_conv.weight),
             channel_conv1d(y, self.key_conv.weight), self.num_heads)
@@ -88,13 +92,15 @@ class MRLALight(BaseModule):
                 o_prev: Tensor,
                 scale: Optional[Tensor] = None,
                 shift: Optional[Tensor] = None,
-                add_input: bool = False) -> Tensor:
+                add_input: bool = False,
+                descriptor: Optional[Tensor] = None) -> Tensor:
         """Compute ``O^t`` from ``x`` = ``X^t`` and ``o_prev`` ~ ``O^{t-1}``.
 
         Both are ``[B, C, H, W]``; the result has the same shape.
         ``scale``/``shift`` (``[C]``, a folded eval-mode norm) and
         ``add_input`` (add ``x``) extend the result in the same pass, see
-        :func:`mrla_light_core`.
+        :func:`mrla_light_core`. ``descriptor`` is ``x``'s channel means
+        ``[B, C]`` when already computed.
         """
         check_feature_map(x, self.channels, 'x')
         check_feature_map(o_prev, self.channels, 'o_prev')
@@ -104,7 +110,7 @@ class MRLALight(BaseModule):
         return mrla_light_core(
             x,
             self.value_conv.weight,
-            self.gate(x),
+            self.gate(x, descriptor),
             self.lambda_t,
             o_prev,
             self.value_act,

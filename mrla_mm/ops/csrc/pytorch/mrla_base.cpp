@@ -1,13 +1,18 @@
 // MRLA-base readout, device dispatch:
 //   out[b, c] = sum_s weights[b, c / d, s] * values[s][b, c]
-// over the per-stage value list read in place (never concatenated). The
-// softmax weights come from mrla_mm/ops/mrla_math.py.
+// over the per-stage value list read in place (never concatenated),
+// optionally followed by an eval-mode BatchNorm folded into scale/shift, a
+// ReLU and the addition of the block output (the MRLA branch of a ResNet
+// block). The softmax weights come from mrla_mm/ops/mrla_math.py.
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 
 void mrla_base_forward_impl(const Tensor weights,
-                            const std::vector<Tensor> values, Tensor out) {
-  DISPATCH_DEVICE_IMPL(mrla_base_forward_impl, weights, values, out);
+                            const std::vector<Tensor> values,
+                            const Tensor scale, const Tensor shift,
+                            const Tensor residual, Tensor out) {
+  DISPATCH_DEVICE_IMPL(mrla_base_forward_impl, weights, values, scale, shift,
+                       residual, out);
 }
 
 void mrla_base_backward_impl(const Tensor grad_out, const Tensor weights,
@@ -59,10 +64,31 @@ at::MemoryFormat check_base_args(const Tensor& weights,
 
 }  // namespace
 
-Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values) {
+// An empty scale/shift gives the readout alone; given, the result is
+// relu(readout * scale + shift), plus `residual` when that is not empty.
+Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
+                         Tensor scale, Tensor shift, Tensor residual) {
   const auto fmt = check_base_args(weights, values);
-  Tensor out = at::empty_like(values[0], fmt);
-  mrla_base_forward_impl(weights, values, out);
+  const Tensor& v0 = values[0];
+  if (scale.numel() || shift.numel()) {
+    const int64_t c = v0.size(1);
+    for (const Tensor* t : {&scale, &shift}) {
+      TORCH_CHECK(t->scalar_type() == weights.scalar_type() &&
+                      t->is_contiguous() && t->numel() == c,
+                  "scale and shift must be contiguous ",
+                  weights.scalar_type(), " tensors of C=", c,
+                  " elements, got shape ", t->sizes());
+    }
+  }
+  if (residual.numel()) {
+    TORCH_CHECK(residual.sizes() == v0.sizes() &&
+                    residual.scalar_type() == v0.scalar_type() &&
+                    residual.is_contiguous(fmt),
+                "residual must match the values in shape ", v0.sizes(),
+                ", dtype and memory format, got shape ", residual.sizes());
+  }
+  Tensor out = at::empty_like(v0, fmt);
+  mrla_base_forward_impl(weights, values, scale, shift, residual, out);
   return out;
 }
 

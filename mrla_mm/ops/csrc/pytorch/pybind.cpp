@@ -10,9 +10,11 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
                                         Tensor weight, Tensor gate,
                                         Tensor lambda, Tensor o_prev,
                                         int64_t act);
-Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values);
+Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
+                         Tensor scale, Tensor shift, Tensor residual);
 std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
                                        std::vector<Tensor> values);
+std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity);
 
 bool mrla_with_cuda() {
 #ifdef MRLA_WITH_CUDA
@@ -32,10 +34,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight"), py::arg("gate"), py::arg("lambda_t"),
         py::arg("o_prev"), py::arg("act"));
   m.def("mrla_base_forward", &mrla_base_forward, "MRLA-base readout forward",
-        py::arg("weights"), py::arg("values"));
+        py::arg("weights"), py::arg("values"), py::arg("scale"),
+        py::arg("shift"), py::arg("residual"));
   m.def("mrla_base_backward", &mrla_base_backward,
         "MRLA-base readout backward", py::arg("grad_out"), py::arg("weights"),
         py::arg("values"));
+  m.def("residual_relu_pool", &residual_relu_pool,
+        "relu(residual + identity) and its channel means",
+        py::arg("residual"), py::arg("identity"));
   m.def("with_cuda", &mrla_with_cuda,
         "Whether the extension was compiled with its CUDA kernels");
 }

@@ -6,11 +6,10 @@
 #include "mrla_common_cuda.cuh"
 
 template <typename T, typename A, bool CL>
-__global__ void mrla_base_forward_cuda_kernel(const A* weights,
-                                              const T* const* values,
-                                              T* out, int64_t B, int64_t C,
-                                              int64_t H, int64_t W,
-                                              int64_t G, int64_t T_len) {
+__global__ void mrla_base_forward_cuda_kernel(
+    const A* weights, const T* const* values, const A* scale,
+    const A* shift, const T* residual, T* out, int64_t B, int64_t C,
+    int64_t H, int64_t W, int64_t G, int64_t T_len) {
   const int64_t d = C / G;
   MRLA_KERNEL_LOOP(n, B * C * H * W) {
     int64_t b, c, y, x0;
@@ -20,6 +19,11 @@ __global__ void mrla_base_forward_cuda_kernel(const A* weights,
     for (int64_t s = 0; s < T_len; ++s) {
       acc += w[s] * static_cast<A>(values[s][n]);
     }
+    if (scale != nullptr) {
+      acc = acc * scale[c] + shift[c];
+      acc = acc < A(0) ? A(0) : acc;
+    }
+    if (residual != nullptr) acc += static_cast<A>(residual[n]);
     out[n] = static_cast<T>(acc);
   }
 }

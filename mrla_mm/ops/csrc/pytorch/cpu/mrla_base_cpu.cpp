@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "mrla_cpu_target.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 
@@ -39,9 +40,82 @@ std::vector<const T*> data_ptrs(const std::vector<Tensor>& ts) {
   return p;
 }
 
+// One (b, c) plane of the forward readout: the T coefficients of its
+// channel, its value planes, the folded norm and the residual plane.
+template <typename T, typename A>
+struct ReadoutPlane {
+  const A* coef;  // coef[s * stride]
+  int64_t stride;
+  const T* const* values;
+  int64_t offset, hw, t;
+  A scale, shift;
+  const T* residual;
+  T* out;
+};
+
+template <typename T, typename A, bool Fold, bool Residual>
+MRLA_ALWAYS_INLINE void readout_plane(const ReadoutPlane<T, A>& a, A* acc) {
+  const int64_t hw = a.hw;
+  const A k0 = a.coef[0];
+  const T* v = a.values[0] + a.offset;
+#pragma omp simd
+  for (int64_t i = 0; i < hw; ++i) acc[i] = k0 * A(v[i]);
+  for (int64_t s = 1; s < a.t; ++s) {
+    const A k = a.coef[s * a.stride];
+    v = a.values[s] + a.offset;
+#pragma omp simd
+    for (int64_t i = 0; i < hw; ++i) acc[i] += k * A(v[i]);
+  }
+  T* dst = a.out + a.offset;
+  const T* res = Residual ? a.residual + a.offset : nullptr;
+#pragma omp simd
+  for (int64_t i = 0; i < hw; ++i) {
+    A r = acc[i];
+    if (Fold) {
+      r = r * a.scale + a.shift;
+      r = r < A(0) ? A(0) : r;
+    }
+    if (Residual) r += A(res[i]);
+    dst[i] = static_cast<T>(r);
+  }
+}
+
+template <typename T, typename A>
+using ReadoutPlaneFn = void (*)(const ReadoutPlane<T, A>&, A*);
+
+template <typename T, typename A, bool F, bool R>
+void readout_plane_default(const ReadoutPlane<T, A>& a, A* acc) {
+  readout_plane<T, A, F, R>(a, acc);
+}
+template <typename T, typename A, bool F, bool R>
+MRLA_TARGET_AVX2 void readout_plane_avx2(const ReadoutPlane<T, A>& a,
+                                         A* acc) {
+  readout_plane<T, A, F, R>(a, acc);
+}
+
+template <typename T, typename A>
+ReadoutPlaneFn<T, A> pick_readout_plane(bool fold, bool residual) {
+  const bool avx2 = mrla_cpu_has_avx2();
+  if (fold && residual) {
+    return avx2 ? &readout_plane_avx2<T, A, true, true>
+                : &readout_plane_default<T, A, true, true>;
+  }
+  if (fold) {
+    return avx2 ? &readout_plane_avx2<T, A, true, false>
+                : &readout_plane_default<T, A, true, false>;
+  }
+  if (residual) {
+    return avx2 ? &readout_plane_avx2<T, A, false, true>
+                : &readout_plane_default<T, A, false, true>;
+  }
+  return avx2 ? &readout_plane_avx2<T, A, false, false>
+              : &readout_plane_default<T, A, false, false>;
+}
+
 template <typename T>
 void base_forward(const Tensor& weights, const std::vector<Tensor>& values,
-                  Tensor& out) {
+                  const Tensor& scale, const Tensor& shift,
+                  const Tensor& residual, Tensor& out) {
   using A = at::opmath_type<T>;
   const Tensor& v0 = values[0];
   const int64_t b = v0.size(0), c = v0.size(1), hw = v0.size(2) * v0.size(3);
@@ -49,22 +123,36 @@ void base_forward(const Tensor& weights, const std::vector<Tensor>& values,
   const std::vector<A> coef = channel_coefs<A>(weights, c);
   const std::vector<const T*> vp = data_ptrs<T>(values);
   T* op = out.mutable_data_ptr<T>();
+  const A* sc = scale.numel() ? scale.const_data_ptr<A>() : nullptr;
+  const A* sh = scale.numel() ? shift.const_data_ptr<A>() : nullptr;
+  const T* rp = residual.numel() ? residual.const_data_ptr<T>() : nullptr;
+  // The folded norm and ReLU, then the residual, on a finished sum.
+  auto epilogue = [&](A v, int64_t ch, int64_t off) {
+    if (sc != nullptr) {
+      v = v * sc[ch] + sh[ch];
+      v = v < A(0) ? A(0) : v;
+    }
+    if (rp != nullptr) v += A(rp[off]);
+    return static_cast<T>(v);
+  };
   if (v0.is_contiguous()) {
+    const auto fn = pick_readout_plane<T, A>(sc != nullptr, rp != nullptr);
     const int64_t grain = std::max<int64_t>(1, 16384 / hw);
     at::parallel_for(0, b * c, grain, [&](int64_t begin, int64_t end) {
       std::vector<A> acc(hw);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / c, ch = p % c;
-        const A k0 = coef[n * t * c + ch];
-        const T* v = vp[0] + p * hw;
-        for (int64_t i = 0; i < hw; ++i) acc[i] = k0 * A(v[i]);
-        for (int64_t s = 1; s < t; ++s) {
-          const A k = coef[(n * t + s) * c + ch];
-          v = vp[s] + p * hw;
-          for (int64_t i = 0; i < hw; ++i) acc[i] += k * A(v[i]);
-        }
-        T* dst = op + p * hw;
-        for (int64_t i = 0; i < hw; ++i) dst[i] = static_cast<T>(acc[i]);
+        ReadoutPlane<T, A> a{coef.data() + n * t * c + ch,
+                             c,
+                             vp.data(),
+                             p * hw,
+                             hw,
+                             t,
+                             sc != nullptr ? sc[ch] : A(1),
+                             sc != nullptr ? sh[ch] : A(0),
+                             rp,
+                             op};
+        fn(a, acc.data());
       }
     });
     return;
@@ -82,7 +170,9 @@ void base_forward(const Tensor& weights, const std::vector<Tensor>& values,
         for (int64_t ch = 0; ch < c; ++ch) acc[ch] += ks[ch] * A(v[ch]);
       }
       T* dst = op + p * c;
-      for (int64_t ch = 0; ch < c; ++ch) dst[ch] = static_cast<T>(acc[ch]);
+      for (int64_t ch = 0; ch < c; ++ch) {
+        dst[ch] = epilogue(acc[ch], ch, p * c + ch);
+      }
     }
   });
 }
@@ -159,11 +249,14 @@ void base_backward(const Tensor& grad_out, const Tensor& weights,
 }  // namespace
 
 void mrla_base_forward_cpu(const Tensor weights,
-                           const std::vector<Tensor> values, Tensor out) {
+                           const std::vector<Tensor> values,
+                           const Tensor scale, const Tensor shift,
+                           const Tensor residual, Tensor out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, values[0].scalar_type(),
-      "mrla_base_forward_cpu",
-      [&] { base_forward<scalar_t>(weights, values, out); });
+      "mrla_base_forward_cpu", [&] {
+        base_forward<scalar_t>(weights, values, scale, shift, residual, out);
+      });
 }
 
 void mrla_base_backward_cpu(const Tensor grad_out, const Tensor weights,
@@ -179,7 +272,9 @@ void mrla_base_backward_cpu(const Tensor grad_out, const Tensor weights,
 }
 
 void mrla_base_forward_impl(const Tensor weights,
-                            const std::vector<Tensor> values, Tensor out);
+                            const std::vector<Tensor> values,
+                            const Tensor scale, const Tensor shift,
+                            const Tensor residual, Tensor out);
 void mrla_base_backward_impl(const Tensor grad_out, const Tensor weights,
                              const std::vector<Tensor> values,
                              std::vector<Tensor> grad_values,

@@ -1,12 +1,14 @@
 // MRLA-light core on the CPU: one pass over the feature map per direction.
 //
-// Contiguous (NCHW) maps are processed one (b, c) plane at a time, the
-// rows vectorised along W. channels_last maps are processed in tiles of
-// one sample and a cache line of channels, vectorised along C. The
-// backward keeps the value gradient of one plane / tile in a scratch
-// buffer that stays in cache, so grad_x, the weight gradient and the gate
-// and lambda sums are produced while the tile is hot. Accumulation is in
-// float (double for double maps).
+// Contiguous (NCHW) maps are processed one (b, c) plane at a time: the
+// plane is copied into a zero-bordered scratch grid that stays in cache, so
+// the 3x3 taps of all rows run as one long branch-free loop (see
+// conv_flat), compiled for AVX2 + FMA when the CPU has them. channels_last
+// maps are processed in tiles of one sample and a cache line of channels,
+// vectorised along C. The backward keeps the value gradient of one plane /
+// tile in scratch too, so grad_x, the weight gradient and the gate and
+// lambda sums are produced while it is hot. Accumulation is in float
+// (double for double maps).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -15,40 +17,221 @@
 #include <vector>
 
 #include "mrla_act.hpp"
+#include "mrla_cpu_target.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 
 namespace {
 
-// acc[x] += w0 * in[x - 1] + w1 * in[x] + w2 * in[x + 1], zero padded.
-template <typename T, typename A>
-inline void row_taps(A* acc, const T* in, int64_t w, A w0, A w1, A w2) {
-  if (w == 1) {
-    acc[0] += w1 * A(in[0]);
-    return;
-  }
-  acc[0] += w1 * A(in[0]) + w2 * A(in[1]);
-  for (int64_t i = 1; i < w - 1; ++i) {
-    acc[i] += w0 * A(in[i - 1]) + w1 * A(in[i]) + w2 * A(in[i + 1]);
-  }
-  acc[w - 1] += w0 * A(in[w - 2]) + w1 * A(in[w - 1]);
-}
-
-// Depthwise 3x3 convolution of one row y of a plane, into acc[0, w).
-template <typename T, typename A>
-inline void plane_conv_row(A* acc, const T* plane, const A* w9, int64_t y,
-                           int64_t h, int64_t w) {
-  std::fill(acc, acc + w, A(0));
-  for (int64_t i = 0; i < 3; ++i) {
-    const int64_t yy = y + i - 1;
-    if (yy < 0 || yy >= h) continue;
-    row_taps(acc, plane + yy * w, w, w9[3 * i], w9[3 * i + 1], w9[3 * i + 2]);
-  }
-}
-
 struct Shape {
   int64_t b, c, h, w, heads;
 };
+
+// Scratch grid of an h x w plane with a zero border: row stride w + 2, plus
+// one guard element before and after, so that every tap of conv_flat and
+// every shifted read of the weight gradient stays inside it.
+inline int64_t padded_size(int64_t h, int64_t w) {
+  return (h + 2) * (w + 2) + 4;
+}
+
+// Interior of the padded grid (origin one guard element in) <- plane.
+template <typename T, typename A>
+MRLA_ALWAYS_INLINE void fill_padded(A* pad, const T* plane, int64_t h,
+                                    int64_t w) {
+  const int64_t s = w + 2;
+  for (int64_t y = 0; y < h; ++y) {
+    A* dst = pad + (y + 1) * s + 1;
+    const T* src = plane + y * w;
+    for (int64_t x = 0; x < w; ++x) dst[x] = A(src[x]);
+  }
+}
+
+// out[y * s + x] = sum_ij k9[3i + j] * pad[(y + i) * s + x + j]: the 3x3
+// correlation of the whole plane as one loop over h * s positions (the two
+// border columns of each row are computed and ignored), which vectorises
+// however narrow the plane is.
+template <typename A>
+MRLA_ALWAYS_INLINE void conv_flat(A* __restrict__ out,
+                                  const A* __restrict__ pad, const A* k9,
+                                  int64_t h, int64_t s) {
+  const A k0 = k9[0], k1 = k9[1], k2 = k9[2], k3 = k9[3], k4 = k9[4],
+          k5 = k9[5], k6 = k9[6], k7 = k9[7], k8 = k9[8];
+  const A* r0 = pad;
+  const A* r1 = pad + s;
+  const A* r2 = pad + 2 * s;
+  const int64_t n = h * s;
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    out[k] = k0 * r0[k] + k1 * r0[k + 1] + k2 * r0[k + 2] + k3 * r1[k] +
+             k4 * r1[k + 1] + k5 * r1[k + 2] + k6 * r2[k] +
+             k7 * r2[k + 1] + k8 * r2[k + 2];
+  }
+}
+
+// One (b, c) plane of the forward or backward pass.
+template <typename T, typename A>
+struct LightPlane {
+  const T* x;
+  const T* o_prev;
+  const T* grad;
+  T* out;
+  T* grad_x;
+  T* grad_o;
+  const A* w9;
+  A gate, lambda, scale, shift;
+  int64_t h, w;
+};
+
+template <typename T, typename A, bool HasPrev, bool AddInput, bool Gelu>
+MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
+                                      A* acc) {
+  const int64_t h = a.h, w = a.w, s = w + 2;
+  fill_padded(pad, a.x, h, w);
+  conv_flat(acc, pad, a.w9, h, s);
+  for (int64_t y = 0; y < h; ++y) {
+    const A* v = acc + y * s;
+    const A* xin = pad + (y + 1) * s + 1;
+    const T* o = HasPrev ? a.o_prev + y * w : nullptr;
+    T* dst = a.out + y * w;
+#pragma omp simd
+    for (int64_t x = 0; x < w; ++x) {
+      A r = a.gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
+      if (HasPrev) r += a.lambda * A(o[x]);
+      r = r * a.scale + a.shift;
+      if (AddInput) r += xin[x];
+      dst[x] = static_cast<T>(r);
+    }
+  }
+}
+
+// sums: [gate, lambda, weight taps 0..8] of the plane.
+template <typename T, typename A, bool HasPrev, bool Gelu>
+MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
+                                       A* acc, A* gvpad, A* sums) {
+  const int64_t h = a.h, w = a.w, s = w + 2;
+  fill_padded(pad, a.x, h, w);
+  conv_flat(acc, pad, a.w9, h, s);
+  A sum_gate = 0, sum_lambda = 0;
+  for (int64_t y = 0; y < h; ++y) {
+    const T* g = a.grad + y * w;
+    const A* v = acc + y * s;
+    A* gv = gvpad + (y + 1) * s + 1;
+#pragma omp simd reduction(+ : sum_gate)
+    for (int64_t x = 0; x < w; ++x) {
+      const A gi = A(g[x]);
+      if (Gelu) {
+        sum_gate += gi * mrla_act(v[x], kMRLAGelu);
+        gv[x] = gi * a.gate * mrla_act_grad(v[x], kMRLAGelu);
+      } else {
+        sum_gate += gi * v[x];
+        gv[x] = gi * a.gate;
+      }
+    }
+    if (HasPrev) {
+      const T* o = a.o_prev + y * w;
+      T* go = a.grad_o + y * w;
+#pragma omp simd reduction(+ : sum_lambda)
+      for (int64_t x = 0; x < w; ++x) {
+        const A gi = A(g[x]);
+        sum_lambda += gi * A(o[x]);
+        go[x] = static_cast<T>(a.lambda * gi);
+      }
+    }
+  }
+  // grad_x: the value gradient correlated with the flipped kernel.
+  const A flipped[9] = {a.w9[8], a.w9[7], a.w9[6], a.w9[5], a.w9[4],
+                        a.w9[3], a.w9[2], a.w9[1], a.w9[0]};
+  conv_flat(acc, gvpad, flipped, h, s);
+  for (int64_t y = 0; y < h; ++y) {
+    T* dst = a.grad_x + y * w;
+    const A* src = acc + y * s;
+    for (int64_t x = 0; x < w; ++x) dst[x] = static_cast<T>(src[x]);
+  }
+  // Weight gradient: the value gradient against the input shifted by each
+  // tap, over rows 1..h of the padded grids (zero border columns).
+  const A* gv = gvpad + s;
+  const int64_t n = h * s;
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 3; ++j) {
+      const A* in = pad + s + (i - 1) * s + (j - 1);
+      A sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t k = 0; k < n; ++k) sum += gv[k] * in[k];
+      sums[2 + 3 * i + j] = sum;
+    }
+  }
+  sums[0] = sum_gate;
+  sums[1] = sum_lambda;
+}
+
+template <typename T, typename A>
+using PlaneForwardFn = void (*)(const LightPlane<T, A>&, A*, A*);
+template <typename T, typename A>
+using PlaneBackwardFn = void (*)(const LightPlane<T, A>&, A*, A*, A*, A*);
+
+template <typename T, typename A, bool P, bool I, bool G>
+void plane_forward_default(const LightPlane<T, A>& a, A* pad, A* acc) {
+  plane_forward<T, A, P, I, G>(a, pad, acc);
+}
+template <typename T, typename A, bool P, bool I, bool G>
+MRLA_TARGET_AVX2 void plane_forward_avx2(const LightPlane<T, A>& a, A* pad,
+                                         A* acc) {
+  plane_forward<T, A, P, I, G>(a, pad, acc);
+}
+template <typename T, typename A, bool P, bool G>
+void plane_backward_default(const LightPlane<T, A>& a, A* pad, A* acc,
+                            A* gvpad, A* sums) {
+  plane_backward<T, A, P, G>(a, pad, acc, gvpad, sums);
+}
+template <typename T, typename A, bool P, bool G>
+MRLA_TARGET_AVX2 void plane_backward_avx2(const LightPlane<T, A>& a, A* pad,
+                                          A* acc, A* gvpad, A* sums) {
+  plane_backward<T, A, P, G>(a, pad, acc, gvpad, sums);
+}
+
+// Calls f with std::true_type or std::false_type: a runtime flag as a
+// template argument.
+template <typename F>
+void with_flag(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+template <typename T, typename A>
+PlaneForwardFn<T, A> pick_plane_forward(bool has_prev, bool add_input,
+                                        bool gelu) {
+  PlaneForwardFn<T, A> fn = nullptr;
+  const bool avx2 = mrla_cpu_has_avx2();
+  with_flag(has_prev, [&](auto p) {
+    with_flag(add_input, [&](auto i) {
+      with_flag(gelu, [&](auto g) {
+        constexpr bool P = decltype(p)::value, I = decltype(i)::value,
+                       G = decltype(g)::value;
+        fn = avx2 ? &plane_forward_avx2<T, A, P, I, G>
+                  : &plane_forward_default<T, A, P, I, G>;
+      });
+    });
+  });
+  return fn;
+}
+
+template <typename T, typename A>
+PlaneBackwardFn<T, A> pick_plane_backward(bool has_prev, bool gelu) {
+  PlaneBackwardFn<T, A> fn = nullptr;
+  const bool avx2 = mrla_cpu_has_avx2();
+  with_flag(has_prev, [&](auto p) {
+    with_flag(gelu, [&](auto g) {
+      constexpr bool P = decltype(p)::value, G = decltype(g)::value;
+      fn = avx2 ? &plane_backward_avx2<T, A, P, G>
+                : &plane_backward_default<T, A, P, G>;
+    });
+  });
+  return fn;
+}
+
 
 // Channels of one channels_last tile: one 64-byte cache line.
 template <typename T>
@@ -106,19 +289,28 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
   };
 
   if (!cl) {
+    const auto fn = pick_plane_forward<T, A>(has_prev, add_input,
+                                             act == kMRLAGelu);
     const int64_t grain = std::max<int64_t>(1, 16384 / hw);
     at::parallel_for(0, s.b * s.c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<A> acc(s.w);
+      std::vector<A> pad(padded_size(s.h, s.w), A(0));
+      std::vector<A> acc(s.h * (s.w + 2));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t ch = p % s.c;
-        const T* xpl = xp + p * hw;
-        for (int64_t y = 0; y < s.h; ++y) {
-          plane_conv_row(acc.data(), xpl, w9 + ch * 9, y, s.h, s.w);
-          const int64_t row = p * hw + y * s.w;
-          for (int64_t i = 0; i < s.w; ++i) {
-            yp[row + i] = epilogue(acc[i], p, ch, row + i);
-          }
-        }
+        LightPlane<T, A> a{xp + p * hw,
+                           has_prev ? op + p * hw : nullptr,
+                           nullptr,
+                           yp + p * hw,
+                           nullptr,
+                           nullptr,
+                           w9 + ch * 9,
+                           gc[p],
+                           has_prev ? lam[ch] : A(0),
+                           affine ? sc[ch] : A(1),
+                           affine ? sh[ch] : A(0),
+                           s.h,
+                           s.w};
+        fn(a, pad.data() + 1, acc.data());
       }
     });
     return;
@@ -189,72 +381,32 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
   const int64_t hw = s.h * s.w;
 
   if (!cl) {
+    const auto fn = pick_plane_backward<T, A>(has_prev, act == kMRLAGelu);
     const int64_t grain = std::max<int64_t>(1, 16384 / hw);
     at::parallel_for(0, s.b * s.c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<A> acc(s.w), gv(hw);
+      std::vector<A> pad(padded_size(s.h, s.w), A(0));
+      std::vector<A> gvpad(padded_size(s.h, s.w), A(0));
+      std::vector<A> acc(s.h * (s.w + 2));
+      A sums[11];
       for (int64_t p = begin; p < end; ++p) {
         const int64_t ch = p % s.c;
-        const A* wk = w9 + ch * 9;
-        const T* xpl = xp + p * hw;
-        A sum_gate = 0, sum_lambda = 0;
-        // Value gradient of the plane, gate and lambda sums, grad_o_prev.
-        for (int64_t y = 0; y < s.h; ++y) {
-          plane_conv_row(acc.data(), xpl, wk, y, s.h, s.w);
-          const int64_t row = p * hw + y * s.w;
-          const T* g = gp + row;
-          A* gvr = gv.data() + y * s.w;
-          if (act == kMRLAIdentity) {
-#pragma omp simd reduction(+ : sum_gate)
-            for (int64_t i = 0; i < s.w; ++i) {
-              sum_gate += A(g[i]) * acc[i];
-              gvr[i] = A(g[i]) * gc[p];
-            }
-          } else {
-            for (int64_t i = 0; i < s.w; ++i) {
-              sum_gate += A(g[i]) * mrla_act(acc[i], act);
-              gvr[i] = A(g[i]) * gc[p] * mrla_act_grad(acc[i], act);
-            }
-          }
-          if (has_prev) {
-#pragma omp simd reduction(+ : sum_lambda)
-            for (int64_t i = 0; i < s.w; ++i) {
-              sum_lambda += A(g[i]) * A(op[row + i]);
-              gop[row + i] = static_cast<T>(lam[ch] * A(g[i]));
-            }
-          }
-        }
-        // grad_x: the value gradient through the flipped kernel.
-        for (int64_t y = 0; y < s.h; ++y) {
-          std::fill(acc.begin(), acc.end(), A(0));
-          for (int64_t i = 0; i < 3; ++i) {
-            const int64_t yy = y - i + 1;
-            if (yy < 0 || yy >= s.h) continue;
-            row_taps(acc.data(), gv.data() + yy * s.w, s.w, wk[3 * i + 2],
-                     wk[3 * i + 1], wk[3 * i]);
-          }
-          T* dst = gxp + p * hw + y * s.w;
-          for (int64_t i = 0; i < s.w; ++i) dst[i] = static_cast<T>(acc[i]);
-        }
-        // Weight gradient: the value gradient against shifted inputs.
-        for (int64_t i = 0; i < 3; ++i) {
-          for (int64_t j = 0; j < 3; ++j) {
-            const int64_t di = i - 1, dj = j - 1;
-            A sum = 0;
-            const int64_t y0 = std::max<int64_t>(0, -di);
-            const int64_t y1 = std::min(s.h, s.h - di);
-            const int64_t x0 = std::max<int64_t>(0, -dj);
-            const int64_t x1 = std::min(s.w, s.w - dj);
-            for (int64_t y = y0; y < y1; ++y) {
-              const A* g = gv.data() + y * s.w;
-              const T* in = xpl + (y + di) * s.w + dj;
-#pragma omp simd reduction(+ : sum)
-              for (int64_t xx = x0; xx < x1; ++xx) sum += g[xx] * A(in[xx]);
-            }
-            gwp[p * 9 + 3 * i + j] = sum;
-          }
-        }
-        ggp[p] = sum_gate;
-        glp[p] = sum_lambda;
+        LightPlane<T, A> a{xp + p * hw,
+                           has_prev ? op + p * hw : nullptr,
+                           gp + p * hw,
+                           nullptr,
+                           gxp + p * hw,
+                           has_prev ? gop + p * hw : nullptr,
+                           w9 + ch * 9,
+                           gc[p],
+                           has_prev ? lam[ch] : A(0),
+                           A(1),
+                           A(0),
+                           s.h,
+                           s.w};
+        fn(a, pad.data() + 1, acc.data(), gvpad.data() + 1, sums);
+        ggp[p] = sums[0];
+        glp[p] = sums[1];
+        std::copy(sums + 2, sums + 11, gwp + p * 9);
       }
     });
     return;

@@ -17,12 +17,16 @@ void MRLALightBackwardCUDAKernelLauncher(
     Tensor grad_gate_part, Tensor grad_lambda_part, int64_t act);
 void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
                                        const std::vector<Tensor> values,
-                                       Tensor out);
+                                       const Tensor scale, const Tensor shift,
+                                       const Tensor residual, Tensor out);
 void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
                                         const Tensor weights,
                                         const std::vector<Tensor> values,
                                         std::vector<Tensor> grad_values,
                                         Tensor grad_weights_part);
+void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
+                                        const Tensor identity, Tensor out,
+                                        Tensor mean);
 
 void mrla_light_forward_impl(const Tensor x, const Tensor weight,
                              const Tensor gate, const Tensor lambda,
@@ -36,11 +40,15 @@ void mrla_light_backward_impl(const Tensor grad_out, const Tensor x,
                               Tensor grad_weight_part, Tensor grad_gate_part,
                               Tensor grad_lambda_part, int64_t act);
 void mrla_base_forward_impl(const Tensor weights,
-                            const std::vector<Tensor> values, Tensor out);
+                            const std::vector<Tensor> values,
+                            const Tensor scale, const Tensor shift,
+                            const Tensor residual, Tensor out);
 void mrla_base_backward_impl(const Tensor grad_out, const Tensor weights,
                              const std::vector<Tensor> values,
                              std::vector<Tensor> grad_values,
                              Tensor grad_weights_part);
+void residual_relu_pool_impl(const Tensor residual, const Tensor identity,
+                             Tensor out, Tensor mean);
 
 REGISTER_DEVICE_IMPL(mrla_light_forward_impl, CUDA,
                      MRLALightForwardCUDAKernelLauncher);
@@ -50,3 +58,5 @@ REGISTER_DEVICE_IMPL(mrla_base_forward_impl, CUDA,
                      MRLABaseForwardCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_base_backward_impl, CUDA,
                      MRLABaseBackwardCUDAKernelLauncher);
+REGISTER_DEVICE_IMPL(residual_relu_pool_impl, CUDA,
+                     ResidualReluPoolCUDAKernelLauncher);

@@ -22,7 +22,8 @@ Tensor device_pointers(const std::vector<Tensor>& maps) {
 
 void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
                                        const std::vector<Tensor> values,
-                                       Tensor out) {
+                                       const Tensor scale, const Tensor shift,
+                                       const Tensor residual, Tensor out) {
   const Tensor& v0 = values[0];
   at::cuda::CUDAGuard device_guard(v0.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -41,6 +42,9 @@ void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
             weights.const_data_ptr<A>(),
             reinterpret_cast<const scalar_t* const*>(
                 ptrs.const_data_ptr<int64_t>()),
+            scale.numel() ? scale.const_data_ptr<A>() : nullptr,
+            scale.numel() ? shift.const_data_ptr<A>() : nullptr,
+            residual.numel() ? residual.const_data_ptr<scalar_t>() : nullptr,
             out.mutable_data_ptr<scalar_t>(), B, C, H, W, G, T_len);
       });
   AT_CUDA_CHECK(cudaGetLastError());

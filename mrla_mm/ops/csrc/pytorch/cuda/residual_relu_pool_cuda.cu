@@ -1,0 +1,29 @@
+// Launcher of the fused residual add, ReLU and channel mean on CUDA.
+#include <ATen/OpMathType.h>
+
+#include "pytorch_cuda_helper.hpp"
+#include "residual_relu_pool_cuda_kernel.cuh"
+
+void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
+                                        const Tensor identity, Tensor out,
+                                        Tensor mean) {
+  at::cuda::CUDAGuard device_guard(residual.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t B = residual.size(0), C = residual.size(1),
+                H = residual.size(2), W = residual.size(3);
+  const bool cl = !residual.is_contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, residual.scalar_type(),
+      "residual_relu_pool_cuda", [&] {
+        using A = at::opmath_type<scalar_t>;
+        auto kernel =
+            cl ? residual_relu_pool_cuda_kernel<scalar_t, A, true>
+               : residual_relu_pool_cuda_kernel<scalar_t, A, false>;
+        kernel<<<static_cast<int>(B * C), kMRLAThreads, 0, stream>>>(
+            residual.const_data_ptr<scalar_t>(),
+            identity.const_data_ptr<scalar_t>(),
+            out.mutable_data_ptr<scalar_t>(),
+            mean.mutable_data_ptr<scalar_t>(), C, H, W);
+      });
+  AT_CUDA_CHECK(cudaGetLastError());
+}

@@ -1,0 +1,82 @@
+"""Eval-mode MRLA blocks on the fused kernels against the unfused model.
+
+In inference a block with the compiled ops takes MRLA's channel means while
+it writes its output (residual add + ReLU + pool), and folds the eval-mode
+norm of the MRLA branch, its ReLU (base) and the residual add into the
+light core / base readout. The result must be the PyTorch path's.
+"""
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mrla_mm.models import MRLAResNet
+from conftest import rel_err
+
+
+class _MapOps(TorchDispatchMode):
+    """Names of the ATen ops run on 4-D tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        first = args[0] if args else None
+        if isinstance(first, torch.Tensor) and first.dim() == 4:
+            self.names.append(str(func))
+        return out
+
+
+def _model(kind):
+    torch.manual_seed(0)
+    model = MRLAResNet(50, mrla_cfg=dict(type=kind), out_indices=(0, 1, 2, 3))
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            # Non-trivial statistics, so that a wrong fold shows.
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    return model
+
+
+def _run(model, x, backend, monkeypatch):
+    monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
+    with torch.no_grad(), _MapOps() as ops:
+        outs = model(x)
+    return outs, ops.names
+
+
+@pytest.mark.parametrize('kind', ['MRLALight', 'MRLABase'])
+@pytest.mark.parametrize(
+    'fmt', [torch.contiguous_format, torch.channels_last])
+def test_fused_eval_matches_pytorch_path(kind, fmt, monkeypatch):
+    model = _model(kind)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=fmt)
+    ref, ref_ops = _run(model, x, 'pytorch', monkeypatch)
+    outs, ops = _run(model, x, 'auto', monkeypatch)
+    for out, r in zip(outs, ref):
+        assert rel_err(out, r) < 1e-5
+    # ResNet-50 has 16 blocks: each lost the pass of its MRLA norm and the
+    # separate pooling of its output.
+    def count(names, key):
+        return sum(key in n for n in names)
+
+    assert count(ref_ops, 'batch_norm') - count(ops, 'batch_norm') == 16
+    pooled = count(ref_ops, 'mean') + count(ref_ops, 'avg_pool')
+    assert pooled >= 16 and count(ops, 'mean') + count(ops, 'avg_pool') == 0
+
+
+def test_training_mode_keeps_the_modules(monkeypatch):
+    """With autograd on, the norm module runs (batch statistics) and the
+    fused inference ops are not used."""
+    model = _model('MRLALight')
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'auto')
+    with _MapOps() as ops:
+        model(x)
+    assert sum('batch_norm' in n for n in ops.names) == 53 + 16
