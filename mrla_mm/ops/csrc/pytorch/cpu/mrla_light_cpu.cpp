@@ -86,6 +86,9 @@ template <typename T, typename A, bool HasPrev, bool AddInput, bool Gelu>
 MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
                                       A* acc) {
   const int64_t h = a.h, w = a.w, s = w + 2;
+  // Scalars in locals: the stores below could alias the struct.
+  const A gate = a.gate, lambda = a.lambda, scale = a.scale,
+          shift = a.shift;
   fill_padded(pad, a.x, h, w);
   conv_flat(acc, pad, a.w9, h, s);
   for (int64_t y = 0; y < h; ++y) {
@@ -95,9 +98,9 @@ MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
     T* dst = a.out + y * w;
 #pragma omp simd
     for (int64_t x = 0; x < w; ++x) {
-      A r = a.gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
-      if (HasPrev) r += a.lambda * A(o[x]);
-      r = r * a.scale + a.shift;
+      A r = gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
+      if (HasPrev) r += lambda * A(o[x]);
+      r = r * scale + shift;
       if (AddInput) r += xin[x];
       dst[x] = static_cast<T>(r);
     }
@@ -109,6 +112,7 @@ template <typename T, typename A, bool HasPrev, bool Gelu>
 MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
                                        A* acc, A* gvpad, A* sums) {
   const int64_t h = a.h, w = a.w, s = w + 2;
+  const A gate = a.gate, lambda = a.lambda;
   fill_padded(pad, a.x, h, w);
   conv_flat(acc, pad, a.w9, h, s);
   A sum_gate = 0, sum_lambda = 0;
@@ -121,10 +125,10 @@ MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
       const A gi = A(g[x]);
       if (Gelu) {
         sum_gate += gi * mrla_act(v[x], kMRLAGelu);
-        gv[x] = gi * a.gate * mrla_act_grad(v[x], kMRLAGelu);
+        gv[x] = gi * gate * mrla_act_grad(v[x], kMRLAGelu);
       } else {
         sum_gate += gi * v[x];
-        gv[x] = gi * a.gate;
+        gv[x] = gi * gate;
       }
     }
     if (HasPrev) {
@@ -134,7 +138,7 @@ MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
       for (int64_t x = 0; x < w; ++x) {
         const A gi = A(g[x]);
         sum_lambda += gi * A(o[x]);
-        go[x] = static_cast<T>(a.lambda * gi);
+        go[x] = static_cast<T>(lambda * gi);
       }
     }
   }
@@ -148,18 +152,29 @@ MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
     for (int64_t x = 0; x < w; ++x) dst[x] = static_cast<T>(src[x]);
   }
   // Weight gradient: the value gradient against the input shifted by each
-  // tap, over rows 1..h of the padded grids (zero border columns).
+  // tap, over rows 1..h of the padded grids (zero border columns). The
+  // nine sums share one sweep: independent accumulators, gv read once.
   const A* gv = gvpad + s;
+  const A* up = pad;         // row above: taps 0..2
+  const A* mid = pad + s;    // same row: taps 3..5
+  const A* down = pad + 2 * s;  // row below: taps 6..8
   const int64_t n = h * s;
-  for (int64_t i = 0; i < 3; ++i) {
-    for (int64_t j = 0; j < 3; ++j) {
-      const A* in = pad + s + (i - 1) * s + (j - 1);
-      A sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t k = 0; k < n; ++k) sum += gv[k] * in[k];
-      sums[2 + 3 * i + j] = sum;
-    }
+  A t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0, t5 = 0, t6 = 0, t7 = 0, t8 = 0;
+#pragma omp simd reduction(+ : t0, t1, t2, t3, t4, t5, t6, t7, t8)
+  for (int64_t k = 0; k < n; ++k) {
+    const A g = gv[k];
+    t0 += g * up[k - 1];
+    t1 += g * up[k];
+    t2 += g * up[k + 1];
+    t3 += g * mid[k - 1];
+    t4 += g * mid[k];
+    t5 += g * mid[k + 1];
+    t6 += g * down[k - 1];
+    t7 += g * down[k];
+    t8 += g * down[k + 1];
   }
+  const A taps[9] = {t0, t1, t2, t3, t4, t5, t6, t7, t8};
+  std::copy(taps, taps + 9, sums + 2);
   sums[0] = sum_gate;
   sums[1] = sum_lambda;
 }
