@@ -50,12 +50,15 @@ def _run(model, x, backend, monkeypatch):
     return outs, ops.names
 
 
+@pytest.mark.parametrize('device', ['cpu'] +
+                         (['cuda'] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize('kind', ['MRLALight', 'MRLABase'])
 @pytest.mark.parametrize(
     'fmt', [torch.contiguous_format, torch.channels_last])
-def test_fused_eval_matches_pytorch_path(kind, fmt, monkeypatch):
-    model = _model(kind)
-    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=fmt)
+def test_fused_eval_matches_pytorch_path(kind, fmt, device, monkeypatch):
+    model = _model(kind).to(device)
+    x = torch.randn(2, 3, 64, 64, device=device).contiguous(
+        memory_format=fmt)
     ref, ref_ops = _run(model, x, 'pytorch', monkeypatch)
     outs, ops = _run(model, x, 'auto', monkeypatch)
     for out, r in zip(outs, ref):

@@ -66,8 +66,11 @@ def test_cuda_extension_compiles_and_links():
         'spec.loader.exec_module(m)\n'
         'assert m.with_cuda()\n'
         'x = torch.randn(1, 4, 3, 3)\n'
-        'out = m.mrla_base_forward(torch.ones(1, 2, 1), [x])\n'
-        'assert torch.equal(out, x)\n')
+        'e = torch.empty(0)\n'
+        'out = m.mrla_base_forward(torch.ones(1, 2, 1), [x], e, e, e)\n'
+        'assert torch.equal(out, x)\n'
+        'out, mean = m.residual_relu_pool(x, -x)\n'
+        'assert not out.any() and not mean.any()\n')
     proc = subprocess.run([sys.executable, '-c', check], cwd=BUILD,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

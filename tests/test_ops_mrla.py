@@ -20,6 +20,8 @@ from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 from conftest import rel_err
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
+# The CUDA kernels run the same checks wherever a GPU is present.
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 def test_extension_is_built():
@@ -29,7 +31,7 @@ def test_extension_is_built():
 
 
 def _light_inputs(b, heads, d, h, w, dtype=torch.float64,
-                  fmt=torch.contiguous_format, seed=0):
+                  fmt=torch.contiguous_format, seed=0, device='cpu'):
     g = torch.Generator().manual_seed(seed)
     c = heads * d
 
@@ -39,11 +41,11 @@ def _light_inputs(b, heads, d, h, w, dtype=torch.float64,
     x = r(b, c, h, w).contiguous(memory_format=fmt)
     o = r(b, c, h, w).contiguous(memory_format=fmt)
     gate = torch.rand(b, heads, generator=g, dtype=dtype)
-    return x, r(c, 1, 3, 3), gate, r(c), o
+    return [t.to(device) for t in (x, r(c, 1, 3, 3), gate, r(c), o)]
 
 
 def _base_inputs(b, heads, d, h, w, t, dtype=torch.float64,
-                 fmt=torch.contiguous_format, seed=0):
+                 fmt=torch.contiguous_format, seed=0, device='cpu'):
     g = torch.Generator().manual_seed(seed)
     c = heads * d
     values = [
@@ -53,15 +55,16 @@ def _base_inputs(b, heads, d, h, w, t, dtype=torch.float64,
     ]
     weights = torch.softmax(
         torch.randn(b, heads, t, generator=g, dtype=dtype), -1)
-    return weights, values
+    return weights.to(device), [v.to(device) for v in values]
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('fmt', FORMATS)
 @pytest.mark.parametrize('act', ['identity', 'gelu'])
-def test_light_gradcheck(fmt, act):
+def test_light_gradcheck(fmt, act, device):
     inputs = [
         t.requires_grad_()
-        for t in _light_inputs(2, 2, 3, 4, 5, fmt=fmt, seed=1)
+        for t in _light_inputs(2, 2, 3, 4, 5, fmt=fmt, seed=1, device=device)
     ]
 
     def f(*a):
@@ -71,10 +74,12 @@ def test_light_gradcheck(fmt, act):
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('fmt', FORMATS)
 @pytest.mark.parametrize('t', [1, 3])
-def test_base_gradcheck(fmt, t):
-    weights, values = _base_inputs(2, 2, 3, 3, 4, t, fmt=fmt, seed=2)
+def test_base_gradcheck(fmt, t, device):
+    weights, values = _base_inputs(2, 2, 3, 3, 4, t, fmt=fmt, seed=2,
+                                   device=device)
     inputs = [weights.requires_grad_()] + [v.requires_grad_() for v in values]
     assert torch.autograd.gradcheck(MRLABaseReadoutFunction.apply, inputs)
     assert torch.autograd.gradgradcheck(MRLABaseReadoutFunction.apply,
@@ -119,17 +124,18 @@ shapes = dict(
     seed=st.integers(0, 2**16))
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @settings(max_examples=110, deadline=None)
 @given(act=st.sampled_from(['identity', 'gelu']), fold=st.booleans(),
        add_input=st.booleans(), **shapes)
-def test_light_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, act,
-                                        fold, add_input):
+def test_light_compiled_matches_pytorch(device, b, heads, d, h, w, cl, seed,
+                                        act, fold, add_input):
     fmt = torch.channels_last if cl else torch.contiguous_format
     x, wv, gate, lam, o = _light_inputs(b, heads, d, h, w, torch.float32,
-                                        fmt, seed)
+                                        fmt, seed, device)
     c = heads * d
-    scale, shift = (torch.randn(c), torch.randn(c)) if fold else (None,
-                                                                  None)
+    scale, shift = (torch.randn(c, device=device),
+                    torch.randn(c, device=device)) if fold else (None, None)
     with torch.no_grad():
         out = mrla_light_core(x, wv, gate, lam, o, act, scale=scale,
                               shift=shift, add_input=add_input)
@@ -145,12 +151,14 @@ def test_light_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, act,
         lambda *a: mrla_light_core_pytorch(*a, act)) < 1e-5
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @settings(max_examples=110, deadline=None)
 @given(t=st.integers(1, 24), **shapes)
-def test_base_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, t):
+def test_base_compiled_matches_pytorch(device, b, heads, d, h, w, cl, seed,
+                                       t):
     fmt = torch.channels_last if cl else torch.contiguous_format
     weights, values = _base_inputs(b, heads, d, h, w, t, torch.float32, fmt,
-                                   seed)
+                                   seed, device)
     inputs = [weights.requires_grad_()] + [v.requires_grad_() for v in values]
     out = MRLABaseReadoutFunction.apply(*inputs)
     assert out.is_contiguous(memory_format=fmt)
@@ -160,19 +168,22 @@ def test_base_compiled_matches_pytorch(b, heads, d, h, w, cl, seed, t):
         lambda w, *v: mrla_math.base_combine(w, v)) < 1e-5
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @settings(max_examples=60, deadline=None)
 @given(t=st.integers(1, 24), fold=st.booleans(), add_input=st.booleans(),
        **shapes)
-def test_base_fused_inference_matches_pytorch(b, heads, d, h, w, cl, seed, t,
-                                              fold, add_input):
+def test_base_fused_inference_matches_pytorch(device, b, heads, d, h, w, cl,
+                                              seed, t, fold, add_input):
     """Readout, folded eval norm + ReLU and residual add in one kernel."""
     fmt = torch.channels_last if cl else torch.contiguous_format
     c = heads * d
-    _, values = _base_inputs(b, heads, d, h, w, t, torch.float32, fmt, seed)
-    q, keys, x = torch.randn(b, c), torch.randn(b, t, c), torch.randn_like(
-        values[0])
-    scale, shift = (torch.randn(c), torch.randn(c)) if fold else (None,
-                                                                  None)
+    _, values = _base_inputs(b, heads, d, h, w, t, torch.float32, fmt, seed,
+                             device)
+    q, keys = torch.randn(b, c, device=device), torch.randn(
+        b, t, c, device=device)
+    x = torch.randn_like(values[0])
+    scale, shift = (torch.randn(c, device=device),
+                    torch.randn(c, device=device)) if fold else (None, None)
     residual = x if add_input else None
     with torch.no_grad():
         out = mrla_base_readout(q, keys, values, heads, scale=scale,
@@ -188,16 +199,17 @@ def test_base_fused_inference_matches_pytorch(b, heads, d, h, w, cl, seed, t,
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @settings(max_examples=40, deadline=None)
 @given(dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
        **shapes)
-def test_residual_relu_pool_matches_pytorch(b, heads, d, h, w, cl, seed,
-                                            dtype):
+def test_residual_relu_pool_matches_pytorch(device, b, heads, d, h, w, cl,
+                                            seed, dtype):
     fmt = torch.channels_last if cl else torch.contiguous_format
     g = torch.Generator().manual_seed(seed)
     r, i = [
-        torch.randn(b, heads * d, h, w, generator=g).to(dtype).contiguous(
-            memory_format=fmt) for _ in range(2)
+        torch.randn(b, heads * d, h, w, generator=g).to(
+            device, dtype).contiguous(memory_format=fmt) for _ in range(2)
     ]
     out, mean = residual_relu_pool(r, i)
     ref = torch.relu(r + i)
@@ -222,13 +234,15 @@ def test_residual_relu_pool_is_for_inference():
     assert out.isnan().all() and mean.isnan().all()
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype,tol', [(torch.float16, 3e-3),
                                        (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize('fmt', FORMATS)
-def test_half_precision_against_float32(dtype, tol, fmt):
+def test_half_precision_against_float32(dtype, tol, fmt, device):
     """Half-precision maps, float32 accumulation: within the rounding of
     the inputs and outputs, forward and backward."""
-    x, wv, gate, lam, o = _light_inputs(2, 4, 8, 13, 11, torch.float32, fmt)
+    x, wv, gate, lam, o = _light_inputs(2, 4, 8, 13, 11, torch.float32, fmt,
+                                        device=device)
     lo = [t.to(dtype).requires_grad_() for t in (x, o)]
     hi = [t.float().detach().requires_grad_() for t in lo]
     out = MRLALightCoreFunction.apply(lo[0], wv, gate, lam, lo[1], 'gelu')
@@ -238,7 +252,8 @@ def test_half_precision_against_float32(dtype, tol, fmt):
     for a, r in zip(torch.autograd.grad(out, lo, g.to(dtype)),
                     torch.autograd.grad(ref, hi, g)):
         assert a.dtype == dtype and rel_err(a, r) < tol
-    weights, values = _base_inputs(2, 4, 8, 13, 11, 6, torch.float32, fmt)
+    weights, values = _base_inputs(2, 4, 8, 13, 11, 6, torch.float32, fmt,
+                                   device=device)
     lo = [v.to(dtype).requires_grad_() for v in values]
     hi = [v.float().detach().requires_grad_() for v in lo]
     out = MRLABaseReadoutFunction.apply(weights, *lo)

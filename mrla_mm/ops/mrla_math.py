@@ -60,8 +60,8 @@ def head_scores(q: Tensor, k: Tensor, num_heads: int) -> Tensor:
     d = c // num_heads
     qh = q.reshape(b, num_heads, d)
     if k.dim() == 2:
-        kh = k.reshape(b, num_heads, d)
-        return torch.einsum('bgd,bgd->bg', qh, kh) * d**-0.5
+        # Two small ops; an einsum would route through bmm and reshapes.
+        return (qh * k.reshape(b, num_heads, d)).sum(-1) * d**-0.5
     kh = k.reshape(b, k.shape[1], num_heads, d)
     return torch.einsum('bgd,btgd->bgt', qh, kh) * d**-0.5
 

@@ -4,9 +4,12 @@ All variants run in one process on the same input, interleaved repeat by
 repeat so that a change of machine load hits them alike; the table gives
 the median time of each and its ratio to the plain ResNet, for inference
 (eval mode, no grad) and a training step (forward, backward, SGD step).
-Peak memory of a training step is measured in a child process per
-variant (resident-set high-water mark above the model's own footprint,
-with large allocations returned to the OS on free).
+With ``--memory`` the table adds the activation memory of a training
+step: the tensors autograd holds for the backward pass at the end of the
+forward pass (the step's peak, above the model and optimizer state),
+counted once per storage through ``torch.autograd.graph``'s saved-tensor
+hooks. It is exact and independent of the allocator, unlike the process's
+resident set.
 
 Example::
 
@@ -16,9 +19,7 @@ Example::
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -43,9 +44,9 @@ def parse_args(argv=None):
     p.add_argument('--modes', nargs='+', default=['infer', 'train'],
                    choices=('infer', 'train'))
     p.add_argument('--memory', action='store_true',
-                   help='also measure peak training-step memory')
+                   help='also measure the activation memory of a training '
+                   'step')
     p.add_argument('--json', help='write the results to this file')
-    p.add_argument('--memory-child', help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -116,31 +117,20 @@ def time_variants(args):
     return results
 
 
-def rss_mib():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+def saved_activation_mib(args, variant):
+    """MiB of distinct storages autograd saves in one training forward."""
+    r = Runner(variant, args)
+    r.model.train()
+    storages = {}
 
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
 
-def memory_child(args):
-    """Peak memory of one training step of one variant (child process)."""
-    r = Runner(args.memory_child, args)
-    x = make_input(args)
-    r.train(x[:1])  # allocate the optimizer state, warm up the kernels
-    before = rss_mib()
-    r.train(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(dict(peak_mib=peak - before)))
-
-
-def measure_memory(args, argv):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
-    out = {}
-    for v in args.variants:
-        proc = subprocess.run(
-            [sys.executable, __file__, *argv, '--memory-child', v],
-            env=env, capture_output=True, text=True, check=True)
-        out[v] = json.loads(proc.stdout.strip().splitlines()[-1])['peak_mib']
-    return out
+    with r, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        r.model(make_input(args))
+    return sum(storages.values()) / 2**20
 
 
 def print_table(args, results, memory):
@@ -151,13 +141,18 @@ def print_table(args, results, memory):
           f'{args.repeats} after {args.warmup} warm-up, torch '
           f'{torch.__version__}; load average {load[0]:.2f} '
           f'{load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs')
+    # glibc returns large tensors to the OS on free unless told otherwise,
+    # and every fresh page then costs a fault: say which regime this was.
+    tuned = {k: v for k, v in os.environ.items() if k.startswith('MALLOC_')}
+    print('malloc: ' + (', '.join(f'{k}={v}' for k, v in sorted(
+        tuned.items())) if tuned else 'glibc defaults'))
     head = '| variant |'
     rule = '|---|'
     for mode in args.modes:
         head += f' {mode} s | {mode} / plain |'
         rule += '---|---|'
     if memory:
-        head += ' train peak MiB | memory / plain |'
+        head += ' activations MiB | memory / plain |'
         rule += '---|---|'
     print(head)
     print(rule)
@@ -173,13 +168,11 @@ def print_table(args, results, memory):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
-    if args.memory_child:
-        return memory_child(args)
     results = time_variants(args)
-    memory = measure_memory(args, argv) if args.memory else None
+    memory = {v: saved_activation_mib(args, v)
+              for v in args.variants} if args.memory else None
     print_table(args, results, memory)
     if args.json:
         with open(args.json, 'w') as f:
