@@ -30,8 +30,29 @@ def adaptive_kernel_size(channels: int) -> int:
     return t if t % 2 else t + 1
 
 
+class _ChannelMean(torch.autograd.Function):
+    """Mean over H and W whose gradient stays a broadcast view.
+
+    The gradient of a channel mean is one constant per (b, c). PyTorch's
+    pooling backward writes it out as a full map before it is added to the
+    map's other gradients; as a view it is added in that one pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.shape = x.shape
+        return x.mean((2, 3))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        b, c, h, w = ctx.shape
+        return (grad / (h * w))[:, :, None, None].expand(b, c, h, w)
+
+
 def channel_descriptor(x: Tensor) -> Tensor:
     """Global average pool of a ``[B, C, H, W]`` map to ``[B, C]``."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ChannelMean.apply(x)
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
