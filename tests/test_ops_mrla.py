@@ -24,6 +24,15 @@ FORMATS = [torch.contiguous_format, torch.channels_last]
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _compiled_backend():
+    """These tests are about the kernels: run them even where ``auto``
+    would prefer PyTorch's CPU ops (small planes, channels_last)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('MRLA_OPS_BACKEND', 'compiled')
+        yield
+
+
 def test_extension_is_built():
     assert ext_loader.load_ext() is not None, (
         'mrla_mm._ext is not built: run `make install` (or `pip install '
@@ -281,10 +290,11 @@ def test_dispatch_takes_compiled_path(monkeypatch):
     """With the extension no ATen op computes on the feature maps (no
     convolution, no multiply) but the kernels' output allocations;
     MRLA_OPS_BACKEND=pytorch brings the composition back."""
-    x, wv, gate, lam, o = _light_inputs(1, 2, 4, 5, 5, torch.float32)
-    weights, values = _base_inputs(1, 2, 4, 5, 5, 4, torch.float32)
+    x, wv, gate, lam, o = _light_inputs(1, 2, 4, 8, 8, torch.float32)
+    weights, values = _base_inputs(1, 2, 4, 8, 8, 4, torch.float32)
     q, keys = torch.randn(1, 8), torch.randn(1, 4, 8)
-    for backend, compiled in [('auto', True), ('pytorch', False)]:
+    for backend, compiled in [('auto', True), ('compiled', True),
+                              ('pytorch', False)]:
         monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
         with _Ops() as mode:
             mrla_light_core(x, wv, gate, lam, o)
@@ -295,7 +305,33 @@ def test_dispatch_takes_compiled_path(monkeypatch):
         assert (not convs and not muls) == compiled, mode.names
 
 
+@pytest.mark.parametrize('case', ['channels_last', 'small'])
+def test_auto_prefers_pytorch_where_it_is_faster(case, monkeypatch,
+                                                 caplog):
+    """auto leaves CPU channels_last maps and planes under 64 pixels to
+    PyTorch (measured faster there) and says so once; compiled does not."""
+    monkeypatch.setattr(ext_loader, '_logged', set())
+    h, fmt = ((8, torch.channels_last) if case == 'channels_last' else
+              (7, torch.contiguous_format))
+    x, wv, gate, lam, o = _light_inputs(1, 2, 4, h, h, torch.float32, fmt)
+    for backend, compiled in [('auto', False), ('compiled', True)]:
+        monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
+        with _Ops() as mode, caplog.at_level(logging.INFO,
+                                             logger='mrla_mm.ops'):
+            mrla_light_core(x, wv, gate, lam, o)
+            mrla_light_core(x, wv, gate, lam, o)
+        convs = [n for n in mode.names if 'convolution' in n]
+        assert (not convs) == compiled, mode.names
+    reason = ('channels_last maps run faster through PyTorch on the CPU'
+              if case == 'channels_last' else
+              'planes under 64 pixels run faster through PyTorch on the CPU')
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs.count(f'mrla_light_core: pure-PyTorch path, since {reason}'
+                      ) == 1, msgs
+
+
 def test_fallback_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'auto')
     monkeypatch.setattr(ext_loader, '_ext', None)
     monkeypatch.setattr(ext_loader, '_ext_error', 'No module named x')
     monkeypatch.setattr(ext_loader, '_logged', set())

@@ -6,6 +6,12 @@ function. Which path runs is logged once per reason. The environment
 variable ``MRLA_OPS_BACKEND`` selects the path: ``auto`` (default),
 ``pytorch`` (never the extension) or ``compiled`` (raise if the extension
 cannot serve a call).
+
+``auto`` also leaves to PyTorch the CPU inputs on which the compiled
+kernels were measured slower than PyTorch's own (docs/benchmarks.md):
+channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
+pixels, where the per-plane set-up of the kernels outweighs the work.
+``compiled`` runs the kernels on them all the same.
 """
 import importlib
 import logging
@@ -19,6 +25,9 @@ logger = logging.getLogger('mrla_mm.ops')
 BACKENDS = ('auto', 'pytorch', 'compiled')
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32,
                     torch.float64)
+# Below 8x8 pixels per plane (ResNet-50's 7x7 last stage) PyTorch's CPU ops
+# are faster than the per-plane kernels.
+CPU_MIN_PLANE = 64
 
 _ext = None
 _ext_error: Optional[str] = None
@@ -68,6 +77,20 @@ def unsupported_reason(maps: Iterable[torch.Tensor]) -> Optional[str]:
     return None
 
 
+def cpu_preference(maps: Iterable[torch.Tensor]) -> Optional[str]:
+    """Why PyTorch's CPU kernels are faster on these maps, or None."""
+    for t in maps:
+        if t.device.type != 'cpu' or t.dim() != 4:
+            continue
+        if not t.is_contiguous() and t.is_contiguous(
+                memory_format=torch.channels_last):
+            return 'channels_last maps run faster through PyTorch on the CPU'
+        if t.shape[2] * t.shape[3] < CPU_MIN_PLANE:
+            return (f'planes under {CPU_MIN_PLANE} pixels run faster '
+                    'through PyTorch on the CPU')
+    return None
+
+
 def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
     """Whether ``op`` runs compiled on ``maps``; logs the choice once."""
     backend = ops_backend()
@@ -75,7 +98,13 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
         _log_once(f'{op}:env', logging.INFO,
                   f'{op}: pure-PyTorch path (MRLA_OPS_BACKEND=pytorch)')
         return False
+    maps = list(maps)
     reason = unsupported_reason(maps)
+    preference = cpu_preference(maps) if backend == 'auto' else None
+    if reason is None and preference is not None:
+        _log_once(f'{op}:{preference}', logging.INFO,
+                  f'{op}: pure-PyTorch path, since {preference}')
+        return False
     if reason is None:
         _log_once(f'{op}:ext', logging.INFO,
                   f'{op}: compiled path (mrla_mm._ext)')

@@ -17,13 +17,14 @@ import time
 import torch
 
 from mrla_mm.ops import ext_loader
-from mrla_mm.ops.mrla_base import MRLABaseReadoutFunction
+from mrla_mm.ops.mrla_base import MRLABaseReadoutFunction, mrla_base_readout
 from mrla_mm.ops.mrla_light import (
     MRLALightCoreFunction,
     mrla_light_core,
     mrla_light_core_pytorch,
 )
-from mrla_mm.ops.mrla_math import base_combine
+from mrla_mm.ops.mrla_math import base_combine, base_weights
+from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 
 # ResNet-50 stages at batch 8x224 and an FPN level of a detector input.
 SHAPES = dict(
@@ -112,6 +113,24 @@ def base_cases(shape, fmt, dtype, device, t):
                             -1).requires_grad_()
     g = torch.randn_like(values[0])
 
+    heads = c // 16
+    q = torch.randn(b, c, device=device)
+    keys = torch.randn(b, t, c, device=device)
+    scale, shift = torch.rand(c, device=device), torch.randn(c,
+                                                             device=device)
+    x = values[0].detach().clone()
+
+    def fused_eval():
+        with torch.no_grad():
+            mrla_base_readout(q, keys, values, heads, scale=scale,
+                              shift=shift, residual=x)
+
+    def pytorch_eval():
+        with torch.no_grad():
+            out = base_combine(base_weights(q, keys, heads).to(dtype), values)
+            x + torch.relu(out * scale.view(1, c, 1, 1).to(dtype) +
+                           shift.view(1, c, 1, 1).to(dtype))
+
     def fused_fwd():
         with torch.no_grad():
             MRLABaseReadoutFunction.apply(weights, *values)
@@ -126,8 +145,26 @@ def base_cases(shape, fmt, dtype, device, t):
     def pytorch_train():
         base_combine(weights.to(dtype), values).backward(g)
 
-    return [(f'base fwd (T={t})', fused_fwd, pytorch_fwd),
+    return [(f'base eval (T={t}, BN+ReLU folded, +x)', fused_eval,
+             pytorch_eval), (f'base fwd (T={t})', fused_fwd, pytorch_fwd),
             (f'base fwd+bwd (T={t})', fused_train, pytorch_train)]
+
+
+def pool_cases(shape, fmt, dtype, device):
+    r, i = [
+        torch.randn(shape, dtype=dtype, device=device).contiguous(
+            memory_format=fmt) for _ in range(2)
+    ]
+
+    def fused():
+        with torch.no_grad():
+            residual_relu_pool(r, i)
+
+    def pytorch():
+        with torch.no_grad():
+            torch.relu(r + i).mean((2, 3))
+
+    return [('residual + ReLU + channel means', fused, pytorch)]
 
 
 def main():
@@ -146,8 +183,10 @@ def main():
         shape = SHAPES[name]
         for f in args.formats:
             fmt = torch.channels_last if f == 'cl' else torch.contiguous_format
-            cases = light_cases(shape, fmt, dtype, args.device) + base_cases(
-                shape, fmt, dtype, args.device, args.cache)
+            cases = (
+                light_cases(shape, fmt, dtype, args.device) +
+                base_cases(shape, fmt, dtype, args.device, args.cache) +
+                pool_cases(shape, fmt, dtype, args.device))
             for op, fused, ref in cases:
                 tf, tr = bench([fused, ref], args.repeats)
                 print(f'| {op} | {name} {"x".join(map(str, shape))} | {f} | '
