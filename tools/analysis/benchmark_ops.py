@@ -169,6 +169,8 @@ def pool_cases(shape, fmt, dtype, device):
 
 def main():
     args = parse_args()
+    # The kernels themselves, also where ``auto`` would prefer PyTorch.
+    os.environ['MRLA_OPS_BACKEND'] = 'compiled'
     torch.set_num_threads(args.threads)
     assert ext_loader.load_ext() is not None, 'mrla_mm._ext is not built'
     dtype = getattr(torch, args.dtype)
