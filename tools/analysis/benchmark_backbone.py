@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument('--size', type=int, default=224)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    p.add_argument('--amp', choices=('bf16', 'fp16'),
+                   help='run under autocast in this dtype')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--variants', nargs='+', default=list(VARIANTS[:3]),
@@ -71,13 +74,19 @@ class Runner:
         self.model = build(variant, args.depth)
         fmt = (torch.channels_last
                if args.channels_last else torch.contiguous_format)
-        self.model = self.model.to(memory_format=fmt)
+        self.model = self.model.to(args.device, memory_format=fmt)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4)
+        self.autocast = torch.autocast(
+            torch.device(args.device).type,
+            dtype=dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.amp),
+            enabled=args.amp is not None)
 
     def __enter__(self):
         os.environ['MRLA_OPS_BACKEND'] = self.backend
+        self.autocast.__enter__()
 
     def __exit__(self, *exc):
+        self.autocast.__exit__(*exc)
         os.environ.pop('MRLA_OPS_BACKEND', None)
 
     def infer(self, x):
@@ -97,8 +106,15 @@ class Runner:
 def make_input(args):
     x = torch.randn(args.batch, 3, args.size, args.size,
                     generator=torch.Generator().manual_seed(0))
-    return x.contiguous(memory_format=torch.channels_last
-                        if args.channels_last else torch.contiguous_format)
+    return x.to(args.device).contiguous(
+        memory_format=torch.channels_last
+        if args.channels_last else torch.contiguous_format)
+
+
+def synchronize(args):
+    """Wait for queued GPU work, so that a time covers it."""
+    if torch.device(args.device).type == 'cuda':
+        torch.cuda.synchronize(args.device)
 
 
 def time_variants(args):
@@ -109,8 +125,10 @@ def time_variants(args):
         times = {r.variant: [] for r in runners}
         for i in range(args.warmup + args.repeats):
             for r in runners:
+                synchronize(args)
                 t0 = time.perf_counter()
                 getattr(r, mode)(x)
+                synchronize(args)
                 if i >= args.warmup:
                     times[r.variant].append(time.perf_counter() - t0)
         results[mode] = {v: statistics.median(t) for v, t in times.items()}
@@ -135,8 +153,11 @@ def saved_activation_mib(args, variant):
 
 def print_table(args, results, memory):
     load = os.getloadavg()
+    device = (torch.cuda.get_device_name(args.device)
+              if torch.device(args.device).type == 'cuda' else
+              f'cpu, {args.threads} threads')
     print(f'ResNet-{args.depth}, batch {args.batch}x{args.size}x'
-          f'{args.size}, {args.threads} threads, '
+          f'{args.size}, {device}, autocast {args.amp or "off"}, '
           f'{"channels_last" if args.channels_last else "NCHW"}, median of '
           f'{args.repeats} after {args.warmup} warm-up, torch '
           f'{torch.__version__}; load average {load[0]:.2f} '

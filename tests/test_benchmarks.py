@@ -1,0 +1,34 @@
+"""The benchmark scripts run and report what they claim (no timing is
+asserted: speed is judged from their output, not by tests)."""
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _rows(stdout):
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        if line.startswith('| ') and cells[0] not in ('variant', '---'):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_backbone_benchmark_table_and_memory():
+    out = subprocess.run(
+        [sys.executable, 'tools/analysis/benchmark_backbone.py', '--batch',
+         '2', '--size', '64', '--threads', '1', '--warmup', '0',
+         '--repeats', '1', '--amp', 'bf16', '--memory', '--variants',
+         'plain', 'light', 'base'],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert 'autocast bf16' in out.stdout and 'malloc:' in out.stdout
+    rows = _rows(out.stdout)
+    assert list(rows) == ['plain', 'light', 'base']
+    # infer s, ratio, train s, ratio, activations MiB, ratio
+    assert rows['plain'][1] == '1.000x' and rows['plain'][5] == '1.000x'
+    mib = {v: float(r[4]) for v, r in rows.items()}
+    # MRLA keeps more activations than the plain network, base the most.
+    assert mib['plain'] < mib['light'] < mib['base']
