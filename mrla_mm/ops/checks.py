@@ -58,6 +58,15 @@ def check_value_act(value_act: str) -> str:
     return value_act
 
 
+def check_folded_norm(scale: Optional[Tensor],
+                      shift: Optional[Tensor]) -> None:
+    """Require a folded norm's ``scale`` and ``shift`` both or neither."""
+    if (scale is None) != (shift is None):
+        raise ValueError('scale and shift must be given together, got '
+                         f'scale={"set" if scale is not None else None}, '
+                         f'shift={"set" if shift is not None else None}')
+
+
 def check_feature_map(x: Tensor, channels: int, name: str = 'x') -> None:
     """Require a ``[B, channels, H, W]`` tensor."""
     if not isinstance(x, Tensor):

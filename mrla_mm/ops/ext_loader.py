@@ -116,6 +116,12 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
     return False
 
 
+def needs_autograd(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd records a graph through any of ``tensors``."""
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors)
+
+
 def map_format(x: torch.Tensor) -> torch.memory_format:
     """The memory format the kernels use for ``x`` (a copy is made only
     if ``x`` is neither contiguous nor channels_last)."""

@@ -5,8 +5,15 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .ext_loader import acc_dtype, load_ext, map_format, use_compiled
-from .mrla_math import base_combine, base_weights
+from .checks import check_folded_norm
+from .ext_loader import (
+    acc_dtype,
+    load_ext,
+    map_format,
+    needs_autograd,
+    use_compiled,
+)
+from .mrla_math import base_combine, base_weights, channel_affine
 
 
 class MRLABaseReadoutFunction(Function):
@@ -92,23 +99,16 @@ def mrla_base_readout(q: Tensor,
     if keys.shape[1] != len(values):
         raise ValueError(f'keys hold {keys.shape[1]} layers but values hold '
                          f'{len(values)}')
-    if (scale is None) != (shift is None):
-        raise ValueError('scale and shift must be given together, got '
-                         f'scale={"set" if scale is not None else None}, '
-                         f'shift={"set" if shift is not None else None}')
+    check_folded_norm(scale, shift)
     weights = base_weights(q, keys, num_heads)
     compiled = use_compiled('mrla_base_readout', values)
-    if compiled and not (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (weights, *values, scale, shift, residual))):
+    if compiled and not needs_autograd(weights, *values, scale, shift,
+                                       residual):
         return _fused_inference(weights, values, scale, shift, residual)
     out = (MRLABaseReadoutFunction.apply(weights, *values)
            if compiled else base_combine(weights, values))
     if scale is not None:
-        c = out.shape[1]
-        out = torch.relu(
-            torch.addcmul(shift.view(1, c, 1, 1), out, scale.view(1, c, 1,
-                                                                    1)))
+        out = torch.relu(channel_affine(out, scale, shift))
     return out if residual is None else out + residual
 
 

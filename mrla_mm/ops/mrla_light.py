@@ -5,9 +5,15 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .checks import check_value_act
-from .ext_loader import acc_dtype, load_ext, map_format, use_compiled
-from .mrla_math import light_combine, mrla_value
+from .checks import check_folded_norm, check_value_act
+from .ext_loader import (
+    acc_dtype,
+    load_ext,
+    map_format,
+    needs_autograd,
+    use_compiled,
+)
+from .mrla_math import channel_affine, light_combine, mrla_value
 
 ACT_CODES = dict(identity=0, gelu=1)
 
@@ -24,10 +30,13 @@ def mrla_light_core_pytorch(x: Tensor,
     """The pure-PyTorch composition of :func:`mrla_light_core`."""
     out = light_combine(mrla_value(x, value_weight, value_act), gate,
                         lambda_t, o_prev)
+    return _extend(out, x, scale, shift, add_input)
+
+
+def _extend(out, x, scale, shift, add_input):
+    """The folded norm and the residual after the core, when asked."""
     if scale is not None:
-        c = x.shape[1]
-        out = torch.addcmul(shift.view(1, c, 1, 1), out, scale.view(1, c, 1,
-                                                                    1))
+        out = channel_affine(out, scale, shift)
     return out + x if add_input else out
 
 
@@ -126,27 +135,18 @@ def mrla_light_core(x: Tensor,
         asked), ``[B, C, H, W]``, in the memory format of ``x``.
     """
     check_value_act(value_act)
-    if (scale is None) != (shift is None):
-        raise ValueError('scale and shift must be given together, got '
-                         f'scale={"set" if scale is not None else None}, '
-                         f'shift={"set" if shift is not None else None}')
+    check_folded_norm(scale, shift)
     if not use_compiled('mrla_light_core', (x, o_prev)):
         return mrla_light_core_pytorch(x, value_weight, gate, lambda_t,
                                        o_prev, value_act, scale, shift,
                                        add_input)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (x, value_weight, gate, lambda_t, o_prev, scale, shift))
-    if not needs_grad:
+    if not needs_autograd(x, value_weight, gate, lambda_t, o_prev, scale,
+                          shift):
         return _fused_inference(x, value_weight, gate, lambda_t, o_prev,
                                 value_act, scale, shift, add_input)
     out = MRLALightCoreFunction.apply(x, value_weight, gate, lambda_t,
                                       o_prev, value_act)
-    if scale is not None:
-        c = x.shape[1]
-        out = torch.addcmul(shift.view(1, c, 1, 1), out, scale.view(1, c, 1,
-                                                                    1))
-    return out + x if add_input else out
+    return _extend(out, x, scale, shift, add_input)
 
 
 def _fused_inference(x, value_weight, gate, lambda_t, o_prev, value_act,

@@ -113,6 +113,13 @@ def light_combine(v: Tensor, gate: Tensor, lambda_t: Tensor,
     return torch.addcmul(v * g, lambda_t.view(1, c, 1, 1), o_prev)
 
 
+def channel_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``x * scale[c] + shift[c]`` on a ``[B, C, H, W]`` map: an eval-mode
+    BatchNorm folded into two vectors."""
+    c = x.shape[1]
+    return torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1))
+
+
 def base_combine(weights: Tensor, values: Sequence[Tensor]) -> Tensor:
     """``sum_s weights[b, g, s] * values[s]`` over a list of ``[B, C, H, W]``.
 

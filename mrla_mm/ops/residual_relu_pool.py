@@ -7,11 +7,10 @@ calls it only when no gradient is needed.
 """
 from typing import Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ext_loader import load_ext, map_format, use_compiled
+from .ext_loader import load_ext, map_format, needs_autograd, use_compiled
 from .mrla_math import channel_descriptor
 
 
@@ -34,8 +33,7 @@ def residual_relu_pool(residual: Tensor,
         RuntimeError: when called with autograd recording a graph of the
             inputs; the compiled op has no backward.
     """
-    if torch.is_grad_enabled() and (residual.requires_grad
-                                    or identity.requires_grad):
+    if needs_autograd(residual, identity):
         raise RuntimeError('residual_relu_pool is an inference op; call it '
                            'under torch.no_grad()')
     if not use_compiled('residual_relu_pool', (residual, identity)):
