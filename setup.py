@@ -86,9 +86,11 @@ def make_extensions():
     include_dirs = [osp.abspath(osp.join(OPS_DIR, 'common'))
                     ] + mmcv_include_dirs()
     # Our own sources need C++20 whatever the torch headers would pick.
-    # -fopenmp-simd: the kernels' `omp simd` reductions vectorise without
-    # OpenMP threading (threads come from ATen's parallel_for).
-    cxx_flags = ['-O3', '-std=c++20', '-fopenmp-simd']
+    # -fopenmp: ATen's parallel_for runs its threads only in code built
+    # with OpenMP (torch's CPU build uses it); without it the kernels run
+    # on one thread. The link resolves to the libgomp torch has loaded.
+    cxx_flags = ['-O3', '-std=c++20', '-fopenmp']
+    link_flags = ['-fopenmp']
     define_macros = []
     with_cuda = os.getenv('FORCE_CUDA', '0') == '1' or (
         torch.cuda.is_available() and CUDA_HOME is not None)
@@ -98,7 +100,8 @@ def make_extensions():
                 'mrla_mm._ext',
                 sorted(sources),
                 include_dirs=include_dirs,
-                extra_compile_args={'cxx': cxx_flags})
+                extra_compile_args={'cxx': cxx_flags},
+                extra_link_args=link_flags)
         ], {'build_ext': BuildExtension}
     sources += glob.glob(osp.join(OPS_DIR, 'pytorch', 'cuda', '*.cu'))
     sources += glob.glob(osp.join(OPS_DIR, 'pytorch', 'cuda', '*.cpp'))
@@ -112,6 +115,7 @@ def make_extensions():
             include_dirs=include_dirs + wheel_incs,
             library_dirs=wheel_libs,
             define_macros=define_macros,
+            extra_link_args=link_flags,
             extra_compile_args={
                 'cxx': cxx_flags,
                 'nvcc': ['-O3', '-std=c++20', '--expt-relaxed-constexpr'],
