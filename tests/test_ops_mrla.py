@@ -308,11 +308,11 @@ def test_dispatch_takes_compiled_path(monkeypatch):
 @pytest.mark.parametrize('case', ['channels_last', 'small'])
 def test_auto_prefers_pytorch_where_it_is_faster(case, monkeypatch,
                                                  caplog):
-    """auto leaves CPU channels_last maps and planes under 64 pixels to
+    """auto leaves CPU channels_last maps and planes under 16 pixels to
     PyTorch (measured faster there) and says so once; compiled does not."""
     monkeypatch.setattr(ext_loader, '_logged', set())
     h, fmt = ((8, torch.channels_last) if case == 'channels_last' else
-              (7, torch.contiguous_format))
+              (3, torch.contiguous_format))
     x, wv, gate, lam, o = _light_inputs(1, 2, 4, h, h, torch.float32, fmt)
     for backend, compiled in [('auto', False), ('compiled', True)]:
         monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
@@ -324,7 +324,7 @@ def test_auto_prefers_pytorch_where_it_is_faster(case, monkeypatch,
         assert (not convs) == compiled, mode.names
     reason = ('channels_last maps run faster through PyTorch on the CPU'
               if case == 'channels_last' else
-              'planes under 64 pixels run faster through PyTorch on the CPU')
+              'planes under 16 pixels run faster through PyTorch on the CPU')
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs.count(f'mrla_light_core: pure-PyTorch path, since {reason}'
                       ) == 1, msgs

@@ -25,9 +25,9 @@ logger = logging.getLogger('mrla_mm.ops')
 BACKENDS = ('auto', 'pytorch', 'compiled')
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32,
                     torch.float64)
-# Below 8x8 pixels per plane (ResNet-50's 7x7 last stage) PyTorch's CPU ops
-# are faster than the per-plane kernels.
-CPU_MIN_PLANE = 64
+# Below 4x4 pixels per plane PyTorch's CPU ops are faster than the
+# per-plane kernels; from ResNet-50's 7x7 last stage on, the kernels are.
+CPU_MIN_PLANE = 16
 
 _ext = None
 _ext_error: Optional[str] = None
