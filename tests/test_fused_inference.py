@@ -5,6 +5,8 @@ it writes its output (residual add + ReLU + pool), and folds the eval-mode
 norm of the MRLA branch, its ReLU (base) and the residual add into the
 light core / base readout. The result must be the PyTorch path's.
 """
+import copy
+
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -75,13 +77,50 @@ def test_fused_eval_matches_pytorch_path(kind, fmt, device, monkeypatch):
     assert pooled >= 16 and count(ops, 'mean') + count(ops, 'avg_pool') == 0
 
 
-def test_training_mode_keeps_the_modules(monkeypatch):
-    """With autograd on, the norm module runs (batch statistics) and the
-    fused inference ops are not used."""
-    model = _model('MRLALight')
-    model.train()
-    x = torch.randn(2, 3, 64, 64)
-    monkeypatch.setenv('MRLA_OPS_BACKEND', 'auto')
+def _train_step(model, x, backend, monkeypatch):
+    """Outputs, parameter gradients and op names of one training step."""
+    monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
+    model.zero_grad()
     with _MapOps() as ops:
-        model(x)
-    assert sum('batch_norm' in n for n in ops.names) == 53 + 16
+        outs = model(x)
+    g = torch.Generator().manual_seed(1)
+    sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum()
+        for o in outs).backward()
+    return list(outs), [p.grad for p in model.parameters()], ops.names
+
+
+@pytest.mark.parametrize('norm_eval', [False, True])
+def test_fused_training_matches_pytorch_path(norm_eval, monkeypatch):
+    """With autograd on, the light branch, its BatchNorm (batch statistics,
+    or running ones under norm_eval) and the residual add run as one op:
+    same outputs, gradients and running statistics as the modules."""
+    fused = _model('MRLALight').double()
+    fused.norm_eval = norm_eval
+    ref = copy.deepcopy(fused)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    for step in range(2):
+        fused.train()
+        ref.train()
+        outs, grads, ops = _train_step(fused, x, 'compiled', monkeypatch)
+        ref_outs, ref_grads, ref_ops = _train_step(ref, x, 'pytorch',
+                                                   monkeypatch)
+        for a, r in zip(outs + grads, ref_outs + ref_grads):
+            assert rel_err(a, r) < 1e-10, step
+        for a, r in zip(fused.buffers(), ref.buffers()):
+            assert rel_err(a, r) < 1e-10, step
+        # ResNet-50's 53 own norms run as modules; the 16 MRLA norms
+        # only in the PyTorch path.
+        assert sum('batch_norm' in n for n in ref_ops) == 53 + 16
+        assert sum('batch_norm' in n for n in ops) == 53
+
+
+def test_active_drop_path_keeps_the_norm_module(monkeypatch):
+    """A drop path between the norm and the residual add needs the norm's
+    output: the branch then runs unfused."""
+    torch.manual_seed(0)
+    model = MRLAResNet(50, mrla_cfg=dict(type='MRLALight'),
+                       mrla_drop_path=0.2)
+    model.train()
+    _, _, ops = _train_step(model, torch.randn(2, 3, 64, 64), 'compiled',
+                            monkeypatch)
+    assert sum('batch_norm' in n for n in ops) == 53 + 16

@@ -70,7 +70,16 @@ def test_cuda_extension_compiles_and_links():
         'out = m.mrla_base_forward(torch.ones(1, 2, 1), [x], e, e, e)\n'
         'assert torch.equal(out, x)\n'
         'out, mean = m.residual_relu_pool(x, -x)\n'
-        'assert not out.any() and not mean.any()\n')
+        'assert not out.any() and not mean.any()\n'
+        # Identity value conv, unit gate, no history: z = x.
+        'w = torch.zeros(4, 9); w[:, 4] = 1\n'
+        'gate, lam = torch.ones(1, 1), torch.zeros(4)\n'
+        'st = m.mrla_light_stats(x, w, gate, lam, x, e, e, 0)\n'
+        'assert torch.allclose(st[0, :, 0], x.mean((2, 3))[0])\n'
+        # A zero norm gradient leaves only the residual's.
+        'gx = m.mrla_light_backward(x, x, w, gate, lam, x, '
+        'torch.zeros(4, 4), 0)[0]\n'
+        'assert torch.equal(gx, x)\n')
     proc = subprocess.run([sys.executable, '-c', check], cwd=BUILD,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

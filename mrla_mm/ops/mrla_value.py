@@ -54,7 +54,7 @@ class MRLAValueFunction(Function):
         grad_out = grad_out.to(x.dtype).contiguous(
             memory_format=map_format(x))
         gx, _, gw, _, _ = load_ext().mrla_light_backward(
-            grad_out, *ops, ACT_CODES[ctx.value_act])
+            grad_out, *ops, ops[1].new_empty(0), ACT_CODES[ctx.value_act])
         return (gx, gw.sum(0).view_as(value_weight).to(value_weight.dtype),
                 None)
 

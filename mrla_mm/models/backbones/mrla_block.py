@@ -89,6 +89,18 @@ class MRLABlockMixin:
             shift = shift * norm.weight + norm.bias
         return scale, shift
 
+    def _fuses_mrla_norm(self, x: Tensor) -> bool:
+        """Whether the MRLA-light branch, its BatchNorm (train or eval
+        mode) and the residual add run as one compiled op on ``x``: not
+        with an active drop path or a norm that synchronises across
+        processes."""
+        norm = self.mrla_norm
+        return (isinstance(norm, _BatchNorm)
+                and not (norm.training and isinstance(norm, nn.SyncBatchNorm))
+                and (not self.training
+                     or isinstance(self.mrla_drop_path, nn.Identity))
+                and use_compiled('mrla_light_batch_norm', (x, )))
+
     def residual(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -117,6 +129,10 @@ class MRLABlockMixin:
                     *folded,
                     add_input=True,
                     descriptor=descriptor)
+            if self._fuses_mrla_norm(out):
+                # In training the branch output is then never stored.
+                return self.mrla(
+                    out, identity, descriptor=descriptor, norm=self.mrla_norm)
             branch = self.mrla_norm(
                 self.mrla(out, identity, descriptor=descriptor))
         elif isinstance(self.mrla, MRLABase):

@@ -12,10 +12,12 @@ from mrla_mm.ops import (
     check_kernel_size,
     check_value_act,
     light_gate,
+    mrla_light_batch_norm,
     mrla_light_core,
     resolve_heads,
 )
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
+from .batch_norm_args import batch_norm_args
 
 
 @DET_MODELS.register_module()
@@ -93,20 +95,35 @@ class MRLALight(BaseModule):
                 scale: Optional[Tensor] = None,
                 shift: Optional[Tensor] = None,
                 add_input: bool = False,
-                descriptor: Optional[Tensor] = None) -> Tensor:
+                descriptor: Optional[Tensor] = None,
+                norm: Optional[nn.Module] = None) -> Tensor:
         """Compute ``O^t`` from ``x`` = ``X^t`` and ``o_prev`` ~ ``O^{t-1}``.
 
         Both are ``[B, C, H, W]``; the result has the same shape.
         ``scale``/``shift`` (``[C]``, a folded eval-mode norm) and
         ``add_input`` (add ``x``) extend the result in the same pass, see
         :func:`mrla_light_core`. ``descriptor`` is ``x``'s channel means
-        ``[B, C]`` when already computed.
+        ``[B, C]`` when already computed. ``norm``, a BatchNorm module (in
+        training or eval mode), makes the result ``x + norm(O^t)``, with
+        ``O^t`` recomputed in the backward instead of stored (see
+        :func:`mrla_light_batch_norm`); it excludes ``scale``, ``shift``
+        and ``add_input``.
         """
         check_feature_map(x, self.channels, 'x')
         check_feature_map(o_prev, self.channels, 'o_prev')
         if o_prev.shape != x.shape:
             raise ValueError(f'o_prev must have the shape of x '
                              f'{tuple(x.shape)}, got {tuple(o_prev.shape)}')
+        if norm is not None:
+            if scale is not None or add_input:
+                raise ValueError('norm replaces scale, shift and add_input; '
+                                 f'got norm={type(norm).__name__} with '
+                                 f'scale={"set" if scale is not None else None}'
+                                 f', add_input={add_input}')
+            return mrla_light_batch_norm(
+                x, self.value_conv.weight, self.gate(x, descriptor),
+                self.lambda_t, o_prev, self.value_act,
+                **batch_norm_args(norm))
         return mrla_light_core(
             x,
             self.value_conv.weight,

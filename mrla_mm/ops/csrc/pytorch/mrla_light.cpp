@@ -3,6 +3,11 @@
 // optionally followed by a per-channel affine (eval-mode BatchNorm folded
 // into scale/shift) and the addition of x itself (the residual of the
 // block). The gate comes from mrla_mm/ops/mrla_math.py.
+//
+// For a train-mode BatchNorm after the core (y = x + batch_norm(z)), the
+// statistics op gives per-plane moments of z, or of the gradient against
+// z, and the backward takes the norm's gradient coefficients, so that z
+// is never stored: the kernels recompute it from x.
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 
@@ -18,12 +23,22 @@ void mrla_light_forward_impl(const Tensor x, const Tensor weight,
 void mrla_light_backward_impl(const Tensor grad_out, const Tensor x,
                               const Tensor weight, const Tensor gate,
                               const Tensor lambda, const Tensor o_prev,
-                              Tensor grad_x, Tensor grad_o_prev,
-                              Tensor grad_weight_part, Tensor grad_gate_part,
-                              Tensor grad_lambda_part, int64_t act) {
+                              const Tensor norm, Tensor grad_x,
+                              Tensor grad_o_prev, Tensor grad_weight_part,
+                              Tensor grad_gate_part, Tensor grad_lambda_part,
+                              int64_t act) {
   DISPATCH_DEVICE_IMPL(mrla_light_backward_impl, grad_out, x, weight, gate,
-                       lambda, o_prev, grad_x, grad_o_prev, grad_weight_part,
-                       grad_gate_part, grad_lambda_part, act);
+                       lambda, o_prev, norm, grad_x, grad_o_prev,
+                       grad_weight_part, grad_gate_part, grad_lambda_part,
+                       act);
+}
+
+void mrla_light_stats_impl(const Tensor x, const Tensor weight,
+                           const Tensor gate, const Tensor lambda,
+                           const Tensor o_prev, const Tensor grad,
+                           const Tensor center, Tensor stats, int64_t act) {
+  DISPATCH_DEVICE_IMPL(mrla_light_stats_impl, x, weight, gate, lambda,
+                       o_prev, grad, center, stats, act);
 }
 
 namespace {
@@ -102,14 +117,18 @@ Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
 
 // Returns grad_x, grad_o_prev and per-(b, c) partial sums for the weight
 // [B, C, 9], gate [B, C] and lambda [B, C]; the caller reduces them over
-// the batch or the channels of a head (small tensors).
+// the batch or the channels of a head (small tensors). A non-empty norm
+// [4, C] (rows a, b, c, center) makes grad_out the gradient of
+// x + batch_norm(z): the core's gradient is then
+// a * grad_out + b * (z - center) + c, and grad_out is added to grad_x.
 std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
                                         Tensor weight, Tensor gate,
                                         Tensor lambda, Tensor o_prev,
-                                        int64_t act) {
+                                        Tensor norm, int64_t act) {
   const bool cl = maps_channels_last(x, "x");
   check_light_args(x, weight, gate, lambda, o_prev, cl);
   check_map_like(grad_out, x, cl, "grad_out");
+  if (norm.numel()) check_small(norm, x, 4 * x.size(1), "norm");
   const auto fmt =
       cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t b = x.size(0), c = x.size(1);
@@ -119,9 +138,29 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
   Tensor grad_weight_part = at::empty({b, c, 9}, weight.options());
   Tensor grad_gate_part = at::empty({b, c}, weight.options());
   Tensor grad_lambda_part = at::empty({b, c}, weight.options());
-  mrla_light_backward_impl(grad_out, x, weight, gate, lambda, o_prev, grad_x,
-                           grad_o_prev, grad_weight_part, grad_gate_part,
-                           grad_lambda_part, act);
+  mrla_light_backward_impl(grad_out, x, weight, gate, lambda, o_prev, norm,
+                           grad_x, grad_o_prev, grad_weight_part,
+                           grad_gate_part, grad_lambda_part, act);
   return {grad_x, grad_o_prev, grad_weight_part, grad_gate_part,
           grad_lambda_part};
+}
+
+// Per-(b, c) moments [B, C, 2] of the core's output z: with an empty grad
+// {mean, sum (z - mean)^2} of each plane; with grad (a map like x) and
+// center [C], {sum grad, sum grad * (z - center)}.
+Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
+                        Tensor o_prev, Tensor grad, Tensor center,
+                        int64_t act) {
+  const bool cl = maps_channels_last(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  if (grad.numel()) {
+    check_map_like(grad, x, cl, "grad");
+    check_small(center, x, x.size(1), "center");
+  }
+  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
+              "got ", act);
+  Tensor stats = at::empty({x.size(0), x.size(1), 2}, weight.options());
+  mrla_light_stats_impl(x, weight, gate, lambda, o_prev, grad, center, stats,
+                        act);
+  return stats;
 }

@@ -9,7 +9,10 @@ Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
 std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
                                         Tensor weight, Tensor gate,
                                         Tensor lambda, Tensor o_prev,
-                                        int64_t act);
+                                        Tensor norm, int64_t act);
+Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
+                        Tensor o_prev, Tensor grad, Tensor center,
+                        int64_t act);
 Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
                          Tensor scale, Tensor shift, Tensor residual);
 std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
@@ -32,7 +35,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mrla_light_backward", &mrla_light_backward,
         "MRLA-light core backward", py::arg("grad_out"), py::arg("x"),
         py::arg("weight"), py::arg("gate"), py::arg("lambda_t"),
-        py::arg("o_prev"), py::arg("act"));
+        py::arg("o_prev"), py::arg("norm"), py::arg("act"));
+  m.def("mrla_light_stats", &mrla_light_stats,
+        "Per-plane moments of the MRLA-light core output", py::arg("x"),
+        py::arg("weight"), py::arg("gate"), py::arg("lambda_t"),
+        py::arg("o_prev"), py::arg("grad"), py::arg("center"),
+        py::arg("act"));
   m.def("mrla_base_forward", &mrla_base_forward, "MRLA-base readout forward",
         py::arg("weights"), py::arg("values"), py::arg("scale"),
         py::arg("shift"), py::arg("residual"));

@@ -2,7 +2,10 @@
 // in memory order. The backward takes two: one (b, c) plane per block,
 // first the value gradient (kept in a float buffer) with the gate and
 // lambda sums, then grad_x and the weight gradient from that buffer;
-// plane-per-block reductions keep the sums deterministic.
+// plane-per-block reductions keep the sums deterministic. With a
+// train-mode BatchNorm after the core (norm != nullptr: rows a, b, c,
+// center of [4, C]) the incoming gradient is that of x + batch_norm(z);
+// z is recomputed, never stored.
 #ifndef MRLA_LIGHT_CUDA_KERNEL_CUH
 #define MRLA_LIGHT_CUDA_KERNEL_CUH
 
@@ -30,6 +33,62 @@ __device__ __forceinline__ A mrla_dwconv_at(const T* x, const A* w9,
   return acc;
 }
 
+// z = gate * act(v) + lambda * o_prev at memory offset off.
+template <typename T, typename A>
+__device__ __forceinline__ A mrla_light_core_at(A v, A g_bc, const A* lambda,
+                                                const T* o_prev, int64_t c,
+                                                int64_t off, int act) {
+  A z = g_bc * mrla_act(v, act);
+  if (o_prev != nullptr) z += lambda[c] * static_cast<A>(o_prev[off]);
+  return z;
+}
+
+// Per-(b, c) moments of z, one plane per block: without grad {mean,
+// sum (z - mean)^2} (z recomputed for the centred second pass), with grad
+// {sum grad, sum grad * (z - center)}.
+template <typename T, typename A, bool CL>
+__global__ void mrla_light_stats_cuda_kernel(
+    const T* x, const A* w9, const A* gate, const A* lambda, const T* o_prev,
+    const T* grad, const A* center, A* stats, int64_t C, int64_t H,
+    int64_t W, int64_t G, int act) {
+  const int64_t p = blockIdx.x, b = p / C, c = p % C;
+  const A g_bc = gate[b * G + c / (C / G)];
+  A s1 = 0, s2 = 0;
+  for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
+    const int64_t y = i / W, x0 = i % W;
+    const int64_t off = mrla_offset<CL>(b, c, y, x0, C, H, W);
+    const A z = mrla_light_core_at<T, A>(
+        mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W), g_bc, lambda,
+        o_prev, c, off, act);
+    if (grad != nullptr) {
+      const A g = static_cast<A>(grad[off]);
+      s1 += g;
+      s2 += g * (z - center[c]);
+    } else {
+      s1 += z;
+    }
+  }
+  s1 = mrla_block_sum(s1);
+  if (grad == nullptr) {
+    const A mean = s1 / static_cast<A>(H * W);
+    for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
+      const int64_t y = i / W, x0 = i % W;
+      const int64_t off = mrla_offset<CL>(b, c, y, x0, C, H, W);
+      const A d = mrla_light_core_at<T, A>(
+                      mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W),
+                      g_bc, lambda, o_prev, c, off, act) -
+                  mean;
+      s2 += d * d;
+    }
+    s1 = mean;
+  }
+  s2 = mrla_block_sum(s2);
+  if (threadIdx.x == 0) {
+    stats[2 * p] = s1;
+    stats[2 * p + 1] = s2;
+  }
+}
+
 template <typename T, typename A, bool CL>
 __global__ void mrla_light_forward_cuda_kernel(
     const T* x, const A* w9, const A* gate, const A* lambda, const T* o_prev,
@@ -51,9 +110,9 @@ __global__ void mrla_light_forward_cuda_kernel(
 template <typename T, typename A, bool CL>
 __global__ void mrla_light_backward_value_cuda_kernel(
     const T* grad_out, const T* x, const A* w9, const A* gate,
-    const A* lambda, const T* o_prev, A* grad_v, T* grad_o_prev,
-    A* grad_gate_part, A* grad_lambda_part, int64_t C, int64_t H, int64_t W,
-    int64_t G, int act) {
+    const A* lambda, const T* o_prev, const A* norm, A* grad_v,
+    T* grad_o_prev, A* grad_gate_part, A* grad_lambda_part, int64_t C,
+    int64_t H, int64_t W, int64_t G, int act) {
   const int64_t p = blockIdx.x, b = p / C, c = p % C;
   const A g_bc = gate[b * G + c / (C / G)];
   A sum_gate = 0, sum_lambda = 0;
@@ -61,7 +120,12 @@ __global__ void mrla_light_backward_value_cuda_kernel(
     const int64_t y = i / W, x0 = i % W;
     const int64_t off = mrla_offset<CL>(b, c, y, x0, C, H, W);
     const A v = mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W);
-    const A g = static_cast<A>(grad_out[off]);
+    A g = static_cast<A>(grad_out[off]);
+    if (norm != nullptr) {
+      const A z =
+          mrla_light_core_at<T, A>(v, g_bc, lambda, o_prev, c, off, act);
+      g = norm[c] * g + norm[C + c] * (z - norm[3 * C + c]) + norm[2 * C + c];
+    }
     sum_gate += g * mrla_act(v, act);
     grad_v[off] = g * g_bc * mrla_act_grad(v, act);
     if (o_prev != nullptr) {
@@ -77,9 +141,11 @@ __global__ void mrla_light_backward_value_cuda_kernel(
   }
 }
 
+// grad_res (the incoming gradient, with a norm) is added to grad_x: the
+// residual x of x + batch_norm(z).
 template <typename T, typename A, bool CL>
 __global__ void mrla_light_backward_input_cuda_kernel(
-    const A* grad_v, const T* x, const A* w9, T* grad_x,
+    const A* grad_v, const T* x, const A* w9, const T* grad_res, T* grad_x,
     A* grad_weight_part, int64_t C, int64_t H, int64_t W) {
   const int64_t p = blockIdx.x, b = p / C, c = p % C;
   A gw[9];
@@ -108,6 +174,7 @@ __global__ void mrla_light_backward_input_cuda_kernel(
         }
       }
     }
+    if (grad_res != nullptr) gx += static_cast<A>(grad_res[off]);
     grad_x[off] = static_cast<T>(gx);
   }
   for (int k = 0; k < 9; ++k) {

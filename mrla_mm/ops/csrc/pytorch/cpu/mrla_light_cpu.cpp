@@ -80,7 +80,62 @@ struct LightPlane {
   const A* w9;
   A gate, lambda, scale, shift;
   int64_t h, w;
+  // A train-mode BatchNorm after the core (backward and statistics):
+  // the core's gradient is na * grad + nb * (z - center) + nc.
+  A na, nb, nc, center;
 };
+
+// z = gate * act(v) + lambda * o of one row, written over v.
+template <typename T, typename A, bool HasPrev, bool Gelu>
+MRLA_ALWAYS_INLINE void core_row(A* v, const T* o, A gate, A lambda,
+                                 int64_t w) {
+#pragma omp simd
+  for (int64_t x = 0; x < w; ++x) {
+    A z = gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
+    if (HasPrev) z += lambda * A(o[x]);
+    v[x] = z;
+  }
+}
+
+// Statistics of the core's output z over one plane: without a gradient
+// {mean, sum (z - mean)^2}, with one {sum grad, sum grad * (z - center)}.
+template <typename T, typename A, bool HasPrev, bool HasGrad, bool Gelu>
+MRLA_ALWAYS_INLINE void plane_stats(const LightPlane<T, A>& a, A* pad,
+                                    A* acc, A* out2) {
+  const int64_t h = a.h, w = a.w, s = w + 2;
+  const A center = a.center;
+  fill_padded(pad, a.x, h, w);
+  conv_flat(acc, pad, a.w9, h, s);
+  A s1 = 0, s2 = 0;
+  for (int64_t y = 0; y < h; ++y) {
+    A* z = acc + y * s;
+    core_row<T, A, HasPrev, Gelu>(
+        z, HasPrev ? a.o_prev + y * w : nullptr, a.gate, a.lambda, w);
+    if (HasGrad) {
+      const T* g = a.grad + y * w;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t x = 0; x < w; ++x) {
+        s1 += A(g[x]);
+        s2 += A(g[x]) * (z[x] - center);
+      }
+    } else {
+#pragma omp simd reduction(+ : s1)
+      for (int64_t x = 0; x < w; ++x) s1 += z[x];
+    }
+  }
+  if (!HasGrad) {
+    // Centred on the plane's own mean: no cancellation in the variance.
+    const A mean = s1 / A(h * w);
+    for (int64_t y = 0; y < h; ++y) {
+      const A* z = acc + y * s;
+#pragma omp simd reduction(+ : s2)
+      for (int64_t x = 0; x < w; ++x) s2 += (z[x] - mean) * (z[x] - mean);
+    }
+    s1 = mean;
+  }
+  out2[0] = s1;
+  out2[1] = s2;
+}
 
 template <typename T, typename A, bool HasPrev, bool AddInput, bool Gelu>
 MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
@@ -108,37 +163,49 @@ MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
 }
 
 // sums: [gate, lambda, weight taps 0..8] of the plane.
-template <typename T, typename A, bool HasPrev, bool Gelu>
+// With Norm, grad is the gradient of x + batch_norm(z) (see LightPlane):
+// the core's own gradient is formed first, kept in the value-gradient row,
+// and grad itself is added to grad_x (the residual).
+template <typename T, typename A, bool HasPrev, bool Gelu, bool Norm>
 MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
                                        A* acc, A* gvpad, A* sums) {
   const int64_t h = a.h, w = a.w, s = w + 2;
   const A gate = a.gate, lambda = a.lambda;
+  const A na = a.na, nb = a.nb, nc = a.nc, center = a.center;
   fill_padded(pad, a.x, h, w);
   conv_flat(acc, pad, a.w9, h, s);
   A sum_gate = 0, sum_lambda = 0;
   for (int64_t y = 0; y < h; ++y) {
     const T* g = a.grad + y * w;
+    const T* o = HasPrev ? a.o_prev + y * w : nullptr;
     const A* v = acc + y * s;
     A* gv = gvpad + (y + 1) * s + 1;
+    if (Norm) {
+#pragma omp simd
+      for (int64_t x = 0; x < w; ++x) {
+        A z = gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
+        if (HasPrev) z += lambda * A(o[x]);
+        gv[x] = na * A(g[x]) + nb * (z - center) + nc;
+      }
+    }
+    if (HasPrev) {
+      T* go = a.grad_o + y * w;
+#pragma omp simd reduction(+ : sum_lambda)
+      for (int64_t x = 0; x < w; ++x) {
+        const A gi = Norm ? gv[x] : A(g[x]);
+        sum_lambda += gi * A(o[x]);
+        go[x] = static_cast<T>(lambda * gi);
+      }
+    }
 #pragma omp simd reduction(+ : sum_gate)
     for (int64_t x = 0; x < w; ++x) {
-      const A gi = A(g[x]);
+      const A gi = Norm ? gv[x] : A(g[x]);
       if (Gelu) {
         sum_gate += gi * mrla_act(v[x], kMRLAGelu);
         gv[x] = gi * gate * mrla_act_grad(v[x], kMRLAGelu);
       } else {
         sum_gate += gi * v[x];
         gv[x] = gi * gate;
-      }
-    }
-    if (HasPrev) {
-      const T* o = a.o_prev + y * w;
-      T* go = a.grad_o + y * w;
-#pragma omp simd reduction(+ : sum_lambda)
-      for (int64_t x = 0; x < w; ++x) {
-        const A gi = A(g[x]);
-        sum_lambda += gi * A(o[x]);
-        go[x] = static_cast<T>(lambda * gi);
       }
     }
   }
@@ -148,8 +215,12 @@ MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
   conv_flat(acc, gvpad, flipped, h, s);
   for (int64_t y = 0; y < h; ++y) {
     T* dst = a.grad_x + y * w;
+    const T* g = a.grad + y * w;
     const A* src = acc + y * s;
-    for (int64_t x = 0; x < w; ++x) dst[x] = static_cast<T>(src[x]);
+#pragma omp simd
+    for (int64_t x = 0; x < w; ++x) {
+      dst[x] = static_cast<T>(Norm ? src[x] + A(g[x]) : src[x]);
+    }
   }
   // Weight gradient: the value gradient against the input shifted by each
   // tap, over rows 1..h of the padded grids (zero border columns). The
@@ -183,6 +254,8 @@ template <typename T, typename A>
 using PlaneForwardFn = void (*)(const LightPlane<T, A>&, A*, A*);
 template <typename T, typename A>
 using PlaneBackwardFn = void (*)(const LightPlane<T, A>&, A*, A*, A*, A*);
+template <typename T, typename A>
+using PlaneStatsFn = void (*)(const LightPlane<T, A>&, A*, A*, A*);
 
 template <typename T, typename A, bool P, bool I, bool G>
 void plane_forward_default(const LightPlane<T, A>& a, A* pad, A* acc) {
@@ -193,15 +266,25 @@ MRLA_TARGET_AVX2 void plane_forward_avx2(const LightPlane<T, A>& a, A* pad,
                                          A* acc) {
   plane_forward<T, A, P, I, G>(a, pad, acc);
 }
-template <typename T, typename A, bool P, bool G>
+template <typename T, typename A, bool P, bool G, bool N>
 void plane_backward_default(const LightPlane<T, A>& a, A* pad, A* acc,
                             A* gvpad, A* sums) {
-  plane_backward<T, A, P, G>(a, pad, acc, gvpad, sums);
+  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums);
 }
-template <typename T, typename A, bool P, bool G>
+template <typename T, typename A, bool P, bool G, bool N>
 MRLA_TARGET_AVX2 void plane_backward_avx2(const LightPlane<T, A>& a, A* pad,
                                           A* acc, A* gvpad, A* sums) {
-  plane_backward<T, A, P, G>(a, pad, acc, gvpad, sums);
+  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums);
+}
+template <typename T, typename A, bool P, bool R, bool G>
+void plane_stats_default(const LightPlane<T, A>& a, A* pad, A* acc,
+                         A* out2) {
+  plane_stats<T, A, P, R, G>(a, pad, acc, out2);
+}
+template <typename T, typename A, bool P, bool R, bool G>
+MRLA_TARGET_AVX2 void plane_stats_avx2(const LightPlane<T, A>& a, A* pad,
+                                       A* acc, A* out2) {
+  plane_stats<T, A, P, R, G>(a, pad, acc, out2);
 }
 
 // Calls f with std::true_type or std::false_type: a runtime flag as a
@@ -234,14 +317,36 @@ PlaneForwardFn<T, A> pick_plane_forward(bool has_prev, bool add_input,
 }
 
 template <typename T, typename A>
-PlaneBackwardFn<T, A> pick_plane_backward(bool has_prev, bool gelu) {
+PlaneBackwardFn<T, A> pick_plane_backward(bool has_prev, bool gelu,
+                                          bool norm) {
   PlaneBackwardFn<T, A> fn = nullptr;
   const bool avx2 = mrla_cpu_has_avx2();
   with_flag(has_prev, [&](auto p) {
     with_flag(gelu, [&](auto g) {
-      constexpr bool P = decltype(p)::value, G = decltype(g)::value;
-      fn = avx2 ? &plane_backward_avx2<T, A, P, G>
-                : &plane_backward_default<T, A, P, G>;
+      with_flag(norm, [&](auto n) {
+        constexpr bool P = decltype(p)::value, G = decltype(g)::value,
+                       N = decltype(n)::value;
+        fn = avx2 ? &plane_backward_avx2<T, A, P, G, N>
+                  : &plane_backward_default<T, A, P, G, N>;
+      });
+    });
+  });
+  return fn;
+}
+
+template <typename T, typename A>
+PlaneStatsFn<T, A> pick_plane_stats(bool has_prev, bool has_grad,
+                                    bool gelu) {
+  PlaneStatsFn<T, A> fn = nullptr;
+  const bool avx2 = mrla_cpu_has_avx2();
+  with_flag(has_prev, [&](auto p) {
+    with_flag(has_grad, [&](auto r) {
+      with_flag(gelu, [&](auto g) {
+        constexpr bool P = decltype(p)::value, R = decltype(r)::value,
+                       G = decltype(g)::value;
+        fn = avx2 ? &plane_stats_avx2<T, A, P, R, G>
+                  : &plane_stats_default<T, A, P, R, G>;
+      });
     });
   });
   return fn;
@@ -377,8 +482,9 @@ template <typename T>
 void light_backward(const Tensor& grad_out, const Tensor& x,
                     const Tensor& weight, const Tensor& gate,
                     const Tensor& lambda, const Tensor& o_prev,
-                    Tensor& grad_x, Tensor& grad_o_prev, Tensor& gw_part,
-                    Tensor& gg_part, Tensor& gl_part, int act, bool cl) {
+                    const Tensor& norm, Tensor& grad_x, Tensor& grad_o_prev,
+                    Tensor& gw_part, Tensor& gg_part, Tensor& gl_part,
+                    int act, bool cl) {
   using A = at::opmath_type<T>;
   const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
   const T* gp = grad_out.const_data_ptr<T>();
@@ -394,9 +500,17 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
   const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
   const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
   const int64_t hw = s.h * s.w;
+  // Rows a, b, c, center of the norm's gradient coefficients, see
+  // LightPlane.
+  const bool has_norm = norm.numel() > 0;
+  const A* nrm = has_norm ? norm.const_data_ptr<A>() : nullptr;
+  TORCH_CHECK(!(has_norm && cl), "mrla_light_backward: a train-mode norm is "
+              "not implemented for channels_last maps on the CPU; pass a "
+              "contiguous map");
 
   if (!cl) {
-    const auto fn = pick_plane_backward<T, A>(has_prev, act == kMRLAGelu);
+    const auto fn =
+        pick_plane_backward<T, A>(has_prev, act == kMRLAGelu, has_norm);
     const int64_t grain = std::max<int64_t>(1, 16384 / hw);
     at::parallel_for(0, s.b * s.c, grain, [&](int64_t begin, int64_t end) {
       std::vector<A> pad(padded_size(s.h, s.w), A(0));
@@ -417,7 +531,11 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
                            A(1),
                            A(0),
                            s.h,
-                           s.w};
+                           s.w,
+                           has_norm ? nrm[ch] : A(0),
+                           has_norm ? nrm[s.c + ch] : A(0),
+                           has_norm ? nrm[2 * s.c + ch] : A(0),
+                           has_norm ? nrm[3 * s.c + ch] : A(0)};
         fn(a, pad.data() + 1, acc.data(), gvpad.data() + 1, sums);
         ggp[p] = sums[0];
         glp[p] = sums[1];
@@ -513,6 +631,55 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
   });
 }
 
+template <typename T>
+void light_stats(const Tensor& x, const Tensor& weight, const Tensor& gate,
+                 const Tensor& lambda, const Tensor& o_prev,
+                 const Tensor& grad, const Tensor& center, Tensor& stats,
+                 int act) {
+  using A = at::opmath_type<T>;
+  TORCH_CHECK(x.is_contiguous(), "mrla_light_stats: channels_last maps are "
+              "not implemented on the CPU; pass a contiguous map");
+  const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
+  const bool has_prev = o_prev.numel() > 0, has_grad = grad.numel() > 0;
+  const T* xp = x.const_data_ptr<T>();
+  const T* op = has_prev ? o_prev.const_data_ptr<T>() : nullptr;
+  const T* gp = has_grad ? grad.const_data_ptr<T>() : nullptr;
+  const A* w9 = weight.const_data_ptr<A>();
+  const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
+  const A* cen = has_grad ? center.const_data_ptr<A>() : nullptr;
+  A* out = stats.mutable_data_ptr<A>();
+  const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
+  const int64_t hw = s.h * s.w;
+  const auto fn =
+      pick_plane_stats<T, A>(has_prev, has_grad, act == kMRLAGelu);
+  const int64_t grain = std::max<int64_t>(1, 16384 / hw);
+  at::parallel_for(0, s.b * s.c, grain, [&](int64_t begin, int64_t end) {
+    std::vector<A> pad(padded_size(s.h, s.w), A(0));
+    std::vector<A> acc(s.h * (s.w + 2));
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ch = p % s.c;
+      LightPlane<T, A> a{xp + p * hw,
+                         has_prev ? op + p * hw : nullptr,
+                         has_grad ? gp + p * hw : nullptr,
+                         nullptr,
+                         nullptr,
+                         nullptr,
+                         w9 + ch * 9,
+                         gc[p],
+                         has_prev ? lam[ch] : A(0),
+                         A(1),
+                         A(0),
+                         s.h,
+                         s.w,
+                         A(0),
+                         A(0),
+                         A(0),
+                         has_grad ? cen[ch] : A(0)};
+      fn(a, pad.data() + 1, acc.data(), out + 2 * p);
+    }
+  });
+}
+
 bool is_channels_last(const Tensor& x) { return !x.is_contiguous(); }
 
 }  // namespace
@@ -534,16 +701,29 @@ void mrla_light_forward_cpu(const Tensor x, const Tensor weight,
 void mrla_light_backward_cpu(const Tensor grad_out, const Tensor x,
                              const Tensor weight, const Tensor gate,
                              const Tensor lambda, const Tensor o_prev,
-                             Tensor grad_x, Tensor grad_o_prev,
-                             Tensor grad_weight_part, Tensor grad_gate_part,
-                             Tensor grad_lambda_part, int64_t act) {
+                             const Tensor norm, Tensor grad_x,
+                             Tensor grad_o_prev, Tensor grad_weight_part,
+                             Tensor grad_gate_part, Tensor grad_lambda_part,
+                             int64_t act) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_backward_cpu",
       [&] {
         light_backward<scalar_t>(grad_out, x, weight, gate, lambda, o_prev,
-                                 grad_x, grad_o_prev, grad_weight_part,
+                                 norm, grad_x, grad_o_prev, grad_weight_part,
                                  grad_gate_part, grad_lambda_part,
                                  static_cast<int>(act), is_channels_last(x));
+      });
+}
+
+void mrla_light_stats_cpu(const Tensor x, const Tensor weight,
+                          const Tensor gate, const Tensor lambda,
+                          const Tensor o_prev, const Tensor grad,
+                          const Tensor center, Tensor stats, int64_t act) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_stats_cpu",
+      [&] {
+        light_stats<scalar_t>(x, weight, gate, lambda, o_prev, grad, center,
+                              stats, static_cast<int>(act));
       });
 }
 
@@ -555,8 +735,14 @@ void mrla_light_forward_impl(const Tensor x, const Tensor weight,
 void mrla_light_backward_impl(const Tensor grad_out, const Tensor x,
                               const Tensor weight, const Tensor gate,
                               const Tensor lambda, const Tensor o_prev,
-                              Tensor grad_x, Tensor grad_o_prev,
-                              Tensor grad_weight_part, Tensor grad_gate_part,
-                              Tensor grad_lambda_part, int64_t act);
+                              const Tensor norm, Tensor grad_x,
+                              Tensor grad_o_prev, Tensor grad_weight_part,
+                              Tensor grad_gate_part, Tensor grad_lambda_part,
+                              int64_t act);
+void mrla_light_stats_impl(const Tensor x, const Tensor weight,
+                           const Tensor gate, const Tensor lambda,
+                           const Tensor o_prev, const Tensor grad,
+                           const Tensor center, Tensor stats, int64_t act);
 REGISTER_DEVICE_IMPL(mrla_light_forward_impl, CPU, mrla_light_forward_cpu);
 REGISTER_DEVICE_IMPL(mrla_light_backward_impl, CPU, mrla_light_backward_cpu);
+REGISTER_DEVICE_IMPL(mrla_light_stats_impl, CPU, mrla_light_stats_cpu);

@@ -13,8 +13,14 @@ void MRLALightForwardCUDAKernelLauncher(const Tensor x, const Tensor weight,
 void MRLALightBackwardCUDAKernelLauncher(
     const Tensor grad_out, const Tensor x, const Tensor weight,
     const Tensor gate, const Tensor lambda, const Tensor o_prev,
-    Tensor grad_x, Tensor grad_o_prev, Tensor grad_weight_part,
-    Tensor grad_gate_part, Tensor grad_lambda_part, int64_t act);
+    const Tensor norm, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    int64_t act);
+void MRLALightStatsCUDAKernelLauncher(const Tensor x, const Tensor weight,
+                                      const Tensor gate, const Tensor lambda,
+                                      const Tensor o_prev, const Tensor grad,
+                                      const Tensor center, Tensor stats,
+                                      int64_t act);
 void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
                                        const std::vector<Tensor> values,
                                        const Tensor scale, const Tensor shift,
@@ -36,9 +42,14 @@ void mrla_light_forward_impl(const Tensor x, const Tensor weight,
 void mrla_light_backward_impl(const Tensor grad_out, const Tensor x,
                               const Tensor weight, const Tensor gate,
                               const Tensor lambda, const Tensor o_prev,
-                              Tensor grad_x, Tensor grad_o_prev,
-                              Tensor grad_weight_part, Tensor grad_gate_part,
-                              Tensor grad_lambda_part, int64_t act);
+                              const Tensor norm, Tensor grad_x,
+                              Tensor grad_o_prev, Tensor grad_weight_part,
+                              Tensor grad_gate_part, Tensor grad_lambda_part,
+                              int64_t act);
+void mrla_light_stats_impl(const Tensor x, const Tensor weight,
+                           const Tensor gate, const Tensor lambda,
+                           const Tensor o_prev, const Tensor grad,
+                           const Tensor center, Tensor stats, int64_t act);
 void mrla_base_forward_impl(const Tensor weights,
                             const std::vector<Tensor> values,
                             const Tensor scale, const Tensor shift,
@@ -54,6 +65,8 @@ REGISTER_DEVICE_IMPL(mrla_light_forward_impl, CUDA,
                      MRLALightForwardCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_light_backward_impl, CUDA,
                      MRLALightBackwardCUDAKernelLauncher);
+REGISTER_DEVICE_IMPL(mrla_light_stats_impl, CUDA,
+                     MRLALightStatsCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_base_forward_impl, CUDA,
                      MRLABaseForwardCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_base_backward_impl, CUDA,

@@ -41,8 +41,9 @@ void MRLALightForwardCUDAKernelLauncher(const Tensor x, const Tensor weight,
 void MRLALightBackwardCUDAKernelLauncher(
     const Tensor grad_out, const Tensor x, const Tensor weight,
     const Tensor gate, const Tensor lambda, const Tensor o_prev,
-    Tensor grad_x, Tensor grad_o_prev, Tensor grad_weight_part,
-    Tensor grad_gate_part, Tensor grad_lambda_part, int64_t act) {
+    const Tensor norm, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    int64_t act) {
   at::cuda::CUDAGuard device_guard(x.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -58,6 +59,7 @@ void MRLALightBackwardCUDAKernelLauncher(
       [&] {
         using A = at::opmath_type<scalar_t>;
         const bool prev = o_prev.numel() > 0;
+        const A* nrm = norm.numel() ? norm.const_data_ptr<A>() : nullptr;
         auto value_kernel =
             cl ? mrla_light_backward_value_cuda_kernel<scalar_t, A, true>
                : mrla_light_backward_value_cuda_kernel<scalar_t, A, false>;
@@ -65,7 +67,7 @@ void MRLALightBackwardCUDAKernelLauncher(
             grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
             weight.const_data_ptr<A>(), gate.const_data_ptr<A>(),
             prev ? lambda.const_data_ptr<A>() : nullptr,
-            prev ? o_prev.const_data_ptr<scalar_t>() : nullptr,
+            prev ? o_prev.const_data_ptr<scalar_t>() : nullptr, nrm,
             grad_v.mutable_data_ptr<A>(),
             prev ? grad_o_prev.mutable_data_ptr<scalar_t>() : nullptr,
             grad_gate_part.mutable_data_ptr<A>(),
@@ -77,8 +79,40 @@ void MRLALightBackwardCUDAKernelLauncher(
                : mrla_light_backward_input_cuda_kernel<scalar_t, A, false>;
         input_kernel<<<planes, kMRLAThreads, 0, stream>>>(
             grad_v.const_data_ptr<A>(), x.const_data_ptr<scalar_t>(),
-            weight.const_data_ptr<A>(), grad_x.mutable_data_ptr<scalar_t>(),
+            weight.const_data_ptr<A>(),
+            nrm != nullptr ? grad_out.const_data_ptr<scalar_t>() : nullptr,
+            grad_x.mutable_data_ptr<scalar_t>(),
             grad_weight_part.mutable_data_ptr<A>(), C, H, W);
+      });
+  AT_CUDA_CHECK(cudaGetLastError());
+}
+
+void MRLALightStatsCUDAKernelLauncher(const Tensor x, const Tensor weight,
+                                      const Tensor gate, const Tensor lambda,
+                                      const Tensor o_prev, const Tensor grad,
+                                      const Tensor center, Tensor stats,
+                                      int64_t act) {
+  at::cuda::CUDAGuard device_guard(x.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t G = gate.size(1);
+  const bool cl = !x.is_contiguous();
+  const int planes = static_cast<int>(x.size(0) * C);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_stats_cuda",
+      [&] {
+        using A = at::opmath_type<scalar_t>;
+        const bool prev = o_prev.numel() > 0, with_grad = grad.numel() > 0;
+        auto kernel = cl ? mrla_light_stats_cuda_kernel<scalar_t, A, true>
+                         : mrla_light_stats_cuda_kernel<scalar_t, A, false>;
+        kernel<<<planes, kMRLAThreads, 0, stream>>>(
+            x.const_data_ptr<scalar_t>(), weight.const_data_ptr<A>(),
+            gate.const_data_ptr<A>(),
+            prev ? lambda.const_data_ptr<A>() : nullptr,
+            prev ? o_prev.const_data_ptr<scalar_t>() : nullptr,
+            with_grad ? grad.const_data_ptr<scalar_t>() : nullptr,
+            with_grad ? center.const_data_ptr<A>() : nullptr,
+            stats.mutable_data_ptr<A>(), C, H, W, G, static_cast<int>(act));
       });
   AT_CUDA_CHECK(cudaGetLastError());
 }

@@ -1,0 +1,233 @@
+"""MRLA-light branch of a ResNet block: ``x + batch_norm(core(x, o_prev))``.
+
+In training the branch costs, besides the core, a statistics pass of the
+norm, its normalisation, the residual add and their backward passes, and
+it keeps the core's output for the norm's backward. Here the kernels take
+the norm's statistics of the core output ``z`` while recomputing ``z`` from
+``x`` (a 3x3 depthwise convolution is cheaper than a stored map), write
+``x + batch_norm(z)`` in one pass, and in the backward turn the incoming
+gradient into the core's through the norm's coefficients on the fly: ``z``
+is never stored.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+from .checks import check_value_act
+from .ext_loader import acc_dtype, load_ext, map_format, use_compiled
+from .mrla_light import (
+    ACT_CODES,
+    _kernel_operands,
+    mrla_light_core_pytorch,
+)
+
+
+def mrla_light_batch_norm_pytorch(x: Tensor,
+                                  value_weight: Tensor,
+                                  gate: Tensor,
+                                  lambda_t: Tensor,
+                                  o_prev: Tensor,
+                                  value_act: str,
+                                  running_mean: Optional[Tensor],
+                                  running_var: Optional[Tensor],
+                                  weight: Optional[Tensor],
+                                  bias: Optional[Tensor],
+                                  training: bool,
+                                  momentum: float,
+                                  eps: float) -> Tensor:
+    """The pure-PyTorch composition of :func:`mrla_light_batch_norm`."""
+    z = mrla_light_core_pytorch(x, value_weight, gate, lambda_t, o_prev,
+                                value_act)
+    return x + F.batch_norm(z, running_mean, running_var, weight, bias,
+                            training, momentum, eps)
+
+
+class MRLALightNormFunction(Function):
+    """Compiled ``x + batch_norm(z)``, ``z`` the MRLA-light core of ``x``.
+
+    The norm's ``mean`` and ``invstd`` come in computed: from the batch
+    (``batch_stats``, their dependence on ``z`` is in the backward) or
+    from running statistics (constants). First-order gradients come from
+    the kernels; a double backward goes through the PyTorch composition.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value_weight: Tensor, gate: Tensor,
+                lambda_t: Tensor, o_prev: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], mean: Tensor, invstd: Tensor,
+                batch_stats: bool, eps: float, value_act: str) -> Tensor:
+        ctx.save_for_backward(x, value_weight, gate, lambda_t, o_prev, weight,
+                              bias, mean, invstd)
+        ctx.batch_stats, ctx.eps, ctx.value_act = batch_stats, eps, value_act
+        scale, shift = _norm_affine(weight, bias, mean, invstd)
+        return load_ext().mrla_light_forward(
+            *_kernel_operands(x, value_weight, gate, lambda_t, o_prev), scale,
+            shift, ACT_CODES[value_act], True)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (x, value_weight, gate, lambda_t, o_prev, weight, bias, mean,
+         invstd) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_out)
+        ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
+        acc = ops[1].dtype
+        grad_out = grad_out.to(x.dtype).contiguous(
+            memory_format=map_format(x))
+        ext = load_ext()
+        mean, invstd = mean.to(acc), invstd.to(acc)
+        sums = ext.mrla_light_stats(*ops, grad_out, mean,
+                                    ACT_CODES[ctx.value_act]).sum(0)
+        sum_g, sum_gz = sums[:, 0], sums[:, 1]
+        gamma = invstd.new_ones(()) if weight is None else weight.detach().to(
+            acc)
+        a = gamma * invstd
+        if ctx.batch_stats:
+            # The batch mean and variance depend on z as well.
+            n = x.numel() // x.shape[1]
+            b = -a * invstd * invstd * sum_gz / n
+            c = -a * sum_g / n
+        else:
+            b = c = torch.zeros_like(mean)
+        norm = torch.stack(torch.broadcast_tensors(a, b, c, mean)).contiguous()
+        gx, go, gw, gg, gl = ext.mrla_light_backward(
+            grad_out, *ops, norm, ACT_CODES[ctx.value_act])
+        bsz, ch = x.shape[:2]
+        heads = gate.shape[1]
+        grad_weight = None if weight is None else (invstd * sum_gz).to(
+            weight.dtype)
+        grad_bias = None if bias is None else sum_g.to(bias.dtype)
+        return (gx, gw.sum(0).view_as(value_weight).to(value_weight.dtype),
+                gg.view(bsz, heads, ch // heads).sum(-1).to(gate.dtype),
+                gl.sum(0).to(lambda_t.dtype), go, grad_weight, grad_bias,
+                None, None, None, None, None)
+
+
+def _norm_affine(weight, bias, mean, invstd) -> Tuple[Tensor, Tensor]:
+    """The norm as ``scale * z + shift`` (accumulation-dtype vectors)."""
+    scale = invstd if weight is None else invstd * weight.detach().to(
+        invstd.dtype)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.detach().to(shift.dtype)
+    return scale.contiguous(), shift.contiguous()
+
+
+def _differentiable_backward(ctx, grad_out):
+    """Gradients through the PyTorch composition, with their graph (double
+    backward). With batch statistics the norm is re-run on the batch."""
+    (x, value_weight, gate, lambda_t, o_prev, weight, bias, mean,
+     invstd) = ctx.saved_tensors
+    inputs = (x, value_weight, gate, lambda_t, o_prev, weight, bias)
+    with torch.enable_grad():
+        z = mrla_light_core_pytorch(x, value_weight, gate, lambda_t, o_prev,
+                                    ctx.value_act)
+        if ctx.batch_stats:
+            y = x + F.batch_norm(z, None, None, weight, bias, True, 0.,
+                                 ctx.eps)
+        else:
+            scale = invstd.to(z.dtype)
+            if weight is not None:
+                scale = scale * weight
+            shift = -mean.to(z.dtype) * scale
+            if bias is not None:
+                shift = shift + bias
+            c = z.shape[1]
+            y = x + z * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(y, wanted, grad_out,
+                                         create_graph=True))
+    return (*(next(grads) if t is not None and t.requires_grad else None
+              for t in inputs), None, None, None, None, None)
+
+
+def _batch_moments(ops, act: int) -> Tuple[Tensor, Tensor, int]:
+    """Channel mean and biased variance of the core's output over the
+    batch (float64, from per-plane moments), and the count behind them."""
+    stats = load_ext().mrla_light_stats(*ops, ops[0].new_empty(0),
+                                        ops[1].new_empty(0), act).double()
+    b, _, h, w = ops[0].shape
+    plane_mean, plane_m2 = stats[..., 0], stats[..., 1]
+    mean = plane_mean.mean(0)
+    # Parallel-variance merge of the planes: no E[z^2] - E[z]^2
+    # cancellation.
+    m2 = plane_m2.sum(0) + h * w * ((plane_mean - mean)**2).sum(0)
+    count = b * h * w
+    return mean, m2 / count, count
+
+
+def mrla_light_batch_norm(x: Tensor,
+                          value_weight: Tensor,
+                          gate: Tensor,
+                          lambda_t: Tensor,
+                          o_prev: Tensor,
+                          value_act: str = 'identity',
+                          *,
+                          running_mean: Optional[Tensor],
+                          running_var: Optional[Tensor],
+                          weight: Optional[Tensor] = None,
+                          bias: Optional[Tensor] = None,
+                          training: bool = False,
+                          momentum: float = 0.1,
+                          eps: float = 1e-5) -> Tensor:
+    """``x + batch_norm(z)``, ``z`` the output of an MRLA-light layer.
+
+    The norm arguments are those of :func:`torch.nn.functional.batch_norm`
+    and mean the same: with ``training`` the batch statistics normalise
+    ``z`` and update ``running_mean``/``running_var`` (when given) in
+    place with ``momentum``; else the running statistics are used.
+
+    Runs the compiled kernels when the extension is built and takes the
+    inputs (see :mod:`mrla_mm.ops.ext_loader`), else the PyTorch
+    composition.
+
+    Args:
+        x (Tensor): layer output ``X^t``, ``[B, C, H, W]``.
+        value_weight (Tensor): depthwise kernel ``[C, 1, 3, 3]``.
+        gate (Tensor): ``sigmoid(q . k / sqrt(d))`` per head, ``[B, G]``.
+        lambda_t (Tensor): per-channel weight of the history, ``[C]``.
+        o_prev (Tensor): approximation of ``O^{t-1}``, ``[B, C, H, W]``.
+        value_act (str): ``'identity'`` (ResNet) or ``'gelu'`` (ViT).
+        running_mean (Tensor, optional): ``[C]``.
+        running_var (Tensor, optional): ``[C]``.
+        weight (Tensor, optional): the norm's ``gamma`` ``[C]``.
+        bias (Tensor, optional): the norm's ``beta`` ``[C]``.
+        training (bool): normalise with the batch statistics.
+        momentum (float): running-statistics update factor.
+        eps (float): added to the variance.
+
+    Returns:
+        Tensor: ``[B, C, H, W]`` in the memory format of ``x``.
+    """
+    check_value_act(value_act)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError('running_mean and running_var are required when '
+                         'training=False')
+    if not use_compiled('mrla_light_batch_norm', (x, o_prev)):
+        return mrla_light_batch_norm_pytorch(x, value_weight, gate, lambda_t,
+                                             o_prev, value_act, running_mean,
+                                             running_var, weight, bias,
+                                             training, momentum, eps)
+    acc = acc_dtype(x)
+    if training:
+        ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
+        mean, var, count = _batch_moments(ops, ACT_CODES[value_act])
+        if count <= 1:
+            raise ValueError('Expected more than 1 value per channel when '
+                             f'training, got input size {tuple(x.shape)}')
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(
+                    mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(
+                    (var * count / (count - 1)).to(running_var.dtype),
+                    alpha=momentum)
+    else:
+        mean, var = running_mean.detach(), running_var.detach()
+    invstd = torch.rsqrt(var.double() + eps).to(acc)
+    return MRLALightNormFunction.apply(x, value_weight, gate, lambda_t,
+                                       o_prev, weight, bias, mean.to(acc),
+                                       invstd, training, eps, value_act)

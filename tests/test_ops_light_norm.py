@@ -1,0 +1,209 @@
+"""The fused MRLA-light branch ``x + batch_norm(core)`` against PyTorch."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from mrla_mm.models.layers import MRLALight
+from mrla_mm.models.layers.batch_norm_args import batch_norm_args
+from mrla_mm.ops.mrla_light import mrla_light_core_pytorch
+from mrla_mm.ops.mrla_light_norm import (
+    mrla_light_batch_norm,
+    mrla_light_batch_norm_pytorch,
+)
+from conftest import rel_err
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _compiled_backend(monkeypatch):
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'compiled')
+
+
+def _inputs(b, heads, d, h, w, dtype, seed, device='cpu',
+            fmt=torch.contiguous_format):
+    g = torch.Generator().manual_seed(seed)
+    c = heads * d
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    maps = [r(b, c, h, w).contiguous(memory_format=fmt) for _ in range(2)]
+    small = [
+        r(c, 1, 3, 3),
+        torch.rand(b, heads, generator=g, dtype=dtype),
+        r(c),
+        r(c),
+        r(c),
+    ]
+    stats = [r(c), torch.rand(c, generator=g, dtype=dtype) + 0.5]
+    return [t.to(device) for t in maps + small + stats]
+
+
+def _call(fn, x, o, wv, gate, lam, gamma, beta, rm, rv, act, training):
+    return fn(x, wv, gate, lam, o, act, running_mean=rm, running_var=rv,
+              weight=gamma, bias=beta, training=training, momentum=0.1,
+              eps=1e-5)
+
+
+def _reference(x, o, wv, gate, lam, gamma, beta, rm, rv, act, training):
+    return mrla_light_batch_norm_pytorch(x, wv, gate, lam, o, act, rm, rv,
+                                         gamma, beta, training, 0.1, 1e-5)
+
+
+def _formats(device):
+    # The CPU kernels of the fused branch take contiguous maps (auto
+    # sends channels_last CPU maps to PyTorch).
+    return [torch.contiguous_format] + ([torch.channels_last]
+                                        if device == 'cuda' else [])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('act', ['identity', 'gelu'])
+def test_gradcheck(device, training, act):
+    for fmt in _formats(device):
+        x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
+            2, 2, 3, 4, 5, torch.float64, 3, device, fmt)
+        diff = [t.requires_grad_() for t in (x, o, wv, gate, lam, gamma,
+                                              beta)]
+
+        def f(*a):
+            # gradcheck must not move the running statistics.
+            stats = (None, None) if training else (rm, rv)
+            return _call(mrla_light_batch_norm, *a, *stats, act, training)
+
+        assert torch.autograd.gradcheck(f, diff)
+        assert torch.autograd.gradgradcheck(f, diff)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@settings(max_examples=60, deadline=None)
+@given(b=st.integers(1, 3), heads=st.integers(1, 4), d=st.integers(1, 8),
+       h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 2**16),
+       act=st.sampled_from(['identity', 'gelu']), training=st.booleans(),
+       affine=st.booleans())
+def test_compiled_matches_pytorch(device, b, heads, d, h, w, seed, act,
+                                  training, affine):
+    """float32 output, input and norm-parameter gradients and running
+    statistics: the kernels are as close to the float64 result as
+    PyTorch's own float32 composition is (or within 1e-5).
+
+    Batch statistics over fewer than 4 values per channel are left out:
+    there the normalised output hardly depends on its input, and every
+    gradient through it is a cancellation of rounding-size terms."""
+    assume(not training or b * h * w >= 4)
+    ins = _inputs(b, heads, d, h, w, torch.float32, seed, device)
+    if not affine:
+        ins[5] = ins[6] = None
+    results = {}
+    for name, fn, dtype in [('compiled', mrla_light_batch_norm,
+                             torch.float32),
+                            ('pytorch', _reference, torch.float32),
+                            ('exact', _reference, torch.float64)]:
+        t = [None if a is None else a.detach().to(dtype).clone()
+             for a in ins]
+        diff = [a.requires_grad_() for a in t[:7] if a is not None]
+        if fn is _reference:
+            out = fn(*t, act, training)
+        else:
+            out = _call(fn, *t, act, training)
+        grad = torch.randn(out.shape, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(seed))
+        grads = torch.autograd.grad(out, diff, grad.to(out))
+        results[name] = [out, *grads, t[7], t[8]]
+    for got, fp32, exact in zip(*results.values()):
+        assert rel_err(got, exact) <= max(1e-5, 4 * rel_err(fp32, exact))
+
+
+@pytest.mark.parametrize('momentum', [0.1, None])
+@pytest.mark.parametrize('mode', ['train', 'eval', 'untracked'])
+def test_layer_with_norm_module_matches_the_module(momentum, mode):
+    """``MRLALight(..., norm=bn)`` is ``x + bn(MRLALight(...))``: output,
+    gradients and the module's buffers, over three steps."""
+    torch.manual_seed(0)
+    layer = MRLALight(16, dim_per_head=4).double()
+    bn = nn.BatchNorm2d(16, momentum=momentum,
+                        track_running_stats=mode != 'untracked').double()
+    nn.init.normal_(bn.weight)
+    nn.init.normal_(bn.bias)
+    bn.train(mode != 'eval')
+    fused_bn = copy.deepcopy(bn)
+    for step in range(3):
+        x = torch.randn(2, 16, 6, 5, dtype=torch.float64, requires_grad=True)
+        o = torch.randn_like(x, requires_grad=True)
+        fused = layer(x, o, norm=fused_bn)
+        ref = x + bn(layer(x, o))
+        assert rel_err(fused, ref) < 1e-12
+        g = torch.randn_like(ref)
+        params = [x, o, *layer.parameters()]
+        for a, r in zip(
+                torch.autograd.grad(fused, params + [fused_bn.weight], g),
+                torch.autograd.grad(ref, params + [bn.weight], g)):
+            assert rel_err(a, r) < 1e-12
+        for name, buf in bn.named_buffers():
+            assert torch.allclose(
+                dict(fused_bn.named_buffers())[name], buf, rtol=1e-12,
+                atol=0), (step, name)
+
+
+def test_bad_arguments_are_named():
+    x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
+        1, 1, 4, 1, 1, torch.float32, 0)
+    with pytest.raises(ValueError, match='more than 1 value per channel'):
+        _call(mrla_light_batch_norm, x, o, wv, gate, lam, gamma, beta, None,
+              None, 'identity', True)
+    with pytest.raises(ValueError, match='running_mean and running_var'):
+        _call(mrla_light_batch_norm, x, o, wv, gate, lam, gamma, beta, None,
+              None, 'identity', False)
+    with pytest.raises(ValueError, match='value_act'):
+        _call(mrla_light_batch_norm, x, o, wv, gate, lam, gamma, beta, rm,
+              rv, 'relu', False)
+    layer = MRLALight(4, num_heads=1)
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match='norm replaces scale, shift and '
+                       'add_input'):
+        layer(x, x, add_input=True, norm=nn.BatchNorm2d(4))
+    with pytest.raises(TypeError, match='norm must be a BatchNorm module, '
+                       'got LayerNorm'):
+        batch_norm_args(nn.LayerNorm(4))
+
+
+def test_cpu_channels_last_is_refused_by_the_kernels():
+    """auto sends these to PyTorch; forced onto the kernels they say
+    what is missing instead of computing something else."""
+    x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
+        2, 1, 4, 3, 3, torch.float32, 0, fmt=torch.channels_last)
+    with pytest.raises(RuntimeError, match='channels_last'):
+        _call(mrla_light_batch_norm, x, o, wv, gate, lam, gamma, beta, rm,
+              rv, 'identity', True)
+
+
+def test_core_output_is_not_kept_for_the_backward():
+    """In training the fused branch keeps only tensors that exist anyway
+    (its inputs); the PyTorch composition also keeps the core's output."""
+    x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
+        2, 2, 4, 8, 8, torch.float32, 0)
+    x.requires_grad_()
+
+    def saved_maps(fn):
+        maps = []
+
+        def pack(t):
+            if t.shape == x.shape:
+                maps.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _call(fn, x, o, wv, gate, lam, gamma, beta, rm.clone(),
+                  rv.clone(), 'identity', True)
+        return {m.untyped_storage().data_ptr() for m in maps}
+
+    inputs = {x.untyped_storage().data_ptr(), o.untyped_storage().data_ptr()}
+    assert saved_maps(mrla_light_batch_norm) <= inputs
+    assert not saved_maps(mrla_light_batch_norm_pytorch) <= inputs
+
