@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from mrla_mm.models.layers import MRLALight
 from mrla_mm.models.layers.batch_norm_args import batch_norm_args
-from mrla_mm.ops.mrla_light import mrla_light_core_pytorch
 from mrla_mm.ops.mrla_light_norm import (
     mrla_light_batch_norm,
     mrla_light_batch_norm_pytorch,

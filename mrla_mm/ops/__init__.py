@@ -23,6 +23,6 @@ __all__ = [
     'adaptive_kernel_size', 'check_feature_map', 'check_kernel_size',
     'check_value_act', 'base_weights', 'channel_conv1d',
     'channel_descriptor', 'head_scores', 'light_gate', 'mrla_base_readout',
-    'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value', 'residual_relu_pool',
-    'resolve_heads'
+    'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value',
+    'residual_relu_pool', 'resolve_heads'
 ]

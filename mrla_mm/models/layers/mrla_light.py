@@ -116,10 +116,10 @@ class MRLALight(BaseModule):
                              f'{tuple(x.shape)}, got {tuple(o_prev.shape)}')
         if norm is not None:
             if scale is not None or add_input:
+                given = 'set' if scale is not None else None
                 raise ValueError('norm replaces scale, shift and add_input; '
                                  f'got norm={type(norm).__name__} with '
-                                 f'scale={"set" if scale is not None else None}'
-                                 f', add_input={add_input}')
+                                 f'scale={given}, add_input={add_input}')
             return mrla_light_batch_norm(
                 x, self.value_conv.weight, self.gate(x, descriptor),
                 self.lambda_t, o_prev, self.value_act,
