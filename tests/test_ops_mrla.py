@@ -220,11 +220,14 @@ def test_residual_relu_pool_matches_pytorch(device, b, heads, d, h, w, cl,
         torch.randn(b, heads * d, h, w, generator=g).to(
             device, dtype).contiguous(memory_format=fmt) for _ in range(2)
     ]
-    out, mean = residual_relu_pool(r, i)
     ref = torch.relu(r + i)
+    out, mean = residual_relu_pool(r, i)
     assert out.is_contiguous(memory_format=fmt) and out.dtype == dtype
     # The add and the ReLU round as PyTorch's own ops do.
     assert torch.equal(out, ref)
+    out_inplace, mean_inplace = residual_relu_pool(r, i, inplace=True)
+    assert out_inplace.data_ptr() == r.data_ptr()
+    assert torch.equal(r, ref) and torch.equal(mean_inplace, mean)
     ref_mean = ref.double().mean((2, 3))
     assert mean.dtype == dtype and mean.shape == (b, heads * d)
     assert rel_err(mean, ref_mean) < {
@@ -392,7 +395,7 @@ def test_bad_inputs_name_the_argument():
         ext.mrla_base_forward(weights, values, lam, lam, x[..., :2])
     with pytest.raises(RuntimeError, match='identity must match residual in '
                        r'shape \[1, 8, 3, 3\]'):
-        ext.residual_relu_pool(x, o[:, :4])
+        ext.residual_relu_pool(x, o[:, :4], False)
     with pytest.raises(ValueError, match='scale and shift must be given '
                        'together'):
         mrla_light_core(x, wv, gate, lam, o, scale=lam)

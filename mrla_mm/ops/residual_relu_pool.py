@@ -7,7 +7,6 @@ calls it only when no gradient is needed.
 """
 from typing import Tuple
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from .ext_loader import load_ext, map_format, needs_autograd, use_compiled
@@ -15,7 +14,8 @@ from .mrla_math import channel_descriptor
 
 
 def residual_relu_pool(residual: Tensor,
-                       identity: Tensor) -> Tuple[Tensor, Tensor]:
+                       identity: Tensor,
+                       inplace: bool = False) -> Tuple[Tensor, Tensor]:
     """``out = relu(residual + identity)`` and ``out``'s channel means.
 
     Runs compiled when the extension is built and takes the inputs (see
@@ -24,6 +24,8 @@ def residual_relu_pool(residual: Tensor,
     Args:
         residual (Tensor): residual branch of a block, ``[B, C, H, W]``.
         identity (Tensor): its shortcut, same shape.
+        inplace (bool): write ``out`` over ``residual``, as mmdet's blocks
+            add the shortcut in place. Defaults to False.
 
     Returns:
         tuple[Tensor, Tensor]: ``out`` ``[B, C, H, W]`` in the memory
@@ -37,10 +39,11 @@ def residual_relu_pool(residual: Tensor,
         raise RuntimeError('residual_relu_pool is an inference op; call it '
                            'under torch.no_grad()')
     if not use_compiled('residual_relu_pool', (residual, identity)):
-        out = F.relu(residual + identity)
+        out = (residual.add_(identity) if inplace else residual +
+               identity).relu_()
         return out, channel_descriptor(out)
     fmt = map_format(residual)
     out, mean = load_ext().residual_relu_pool(
         residual.contiguous(memory_format=fmt),
-        identity.to(residual.dtype).contiguous(memory_format=fmt))
+        identity.to(residual.dtype).contiguous(memory_format=fmt), inplace)
     return out, mean

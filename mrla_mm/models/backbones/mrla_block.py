@@ -114,7 +114,8 @@ class MRLABlockMixin:
             # MRLA's channel means are taken while the block output is
             # written, instead of in a pass of their own.
             identity = x if self.downsample is None else self.downsample(x)
-            out, descriptor = residual_relu_pool(self.residual(x), identity)
+            out, descriptor = residual_relu_pool(
+                self.residual(x), identity, inplace=True)
         elif self.with_cp and x.requires_grad:
             out, identity = cp.checkpoint(self._body, x, use_reentrant=False)
         else:

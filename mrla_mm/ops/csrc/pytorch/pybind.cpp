@@ -17,7 +17,8 @@ Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
                          Tensor scale, Tensor shift, Tensor residual);
 std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
                                        std::vector<Tensor> values);
-std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity);
+std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity,
+                                       bool inplace);
 
 bool mrla_with_cuda() {
 #ifdef MRLA_WITH_CUDA
@@ -49,7 +50,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("values"));
   m.def("residual_relu_pool", &residual_relu_pool,
         "relu(residual + identity) and its channel means",
-        py::arg("residual"), py::arg("identity"));
+        py::arg("residual"), py::arg("identity"), py::arg("inplace"));
   m.def("with_cuda", &mrla_with_cuda,
         "Whether the extension was compiled with its CUDA kernels");
 }

@@ -12,7 +12,10 @@ void residual_relu_pool_impl(const Tensor residual, const Tensor identity,
                        mean);
 }
 
-std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity) {
+// With inplace, out is residual itself (each element is read before it is
+// written): no new map in inference, as mmdet's in-place residual add.
+std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity,
+                                       bool inplace) {
   TORCH_CHECK(residual.dim() == 4 && residual.numel() > 0,
               "residual must be a non-empty 4-D [B, C, H, W] tensor, got "
               "shape ", residual.sizes());
@@ -29,7 +32,7 @@ std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity) {
               "identity must match residual in shape ", residual.sizes(),
               ", dtype, device and memory format; got shape ",
               identity.sizes(), " ", identity.scalar_type());
-  Tensor out = at::empty_like(residual, fmt);
+  Tensor out = inplace ? residual : at::empty_like(residual, fmt);
   Tensor mean = at::empty({residual.size(0), residual.size(1)},
                           residual.options().memory_format(
                               at::MemoryFormat::Contiguous));
