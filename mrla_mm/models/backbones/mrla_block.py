@@ -106,7 +106,10 @@ class MRLABlockMixin:
 
     def _body(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.residual(x) + identity), identity
+        out = self.residual(x)
+        # In place, as mmdet's blocks add their shortcut: no new map.
+        out += identity
+        return self.relu(out), identity
 
     def forward(self, x: Tensor, cache: Optional[MRLACache] = None) -> Tensor:
         descriptor = None
