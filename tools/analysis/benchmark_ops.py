@@ -23,6 +23,10 @@ from mrla_mm.ops.mrla_light import (
     mrla_light_core,
     mrla_light_core_pytorch,
 )
+from mrla_mm.ops.mrla_light_norm import (
+    mrla_light_batch_norm,
+    mrla_light_batch_norm_pytorch,
+)
 from mrla_mm.ops.mrla_math import base_combine, base_weights
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 
@@ -99,8 +103,27 @@ def light_cases(shape, fmt, dtype, device):
         mrla_light_core_pytorch(x, wv, gate.to(dtype), lam.to(dtype),
                                 o).backward(g)
 
-    return [('light eval (BN folded, +x)', fused_eval, pytorch_eval),
-            ('light fwd+bwd', fused_train, pytorch_train)]
+    gamma = torch.rand(c, device=device).requires_grad_()
+    beta = torch.randn(c, device=device).requires_grad_()
+
+    def fused_branch():
+        # Batch statistics; the running ones are not tracked here.
+        mrla_light_batch_norm(x, wv, gate, lam, o, running_mean=None,
+                              running_var=None, weight=gamma, bias=beta,
+                              training=True).backward(g)
+
+    def pytorch_branch():
+        mrla_light_batch_norm_pytorch(x, wv, gate.to(dtype), lam.to(dtype),
+                                      o, 'identity', None, None, gamma, beta,
+                                      True, 0.1, 1e-5).backward(g)
+
+    cases = [('light eval (BN folded, +x)', fused_eval, pytorch_eval),
+             ('light fwd+bwd', fused_train, pytorch_train)]
+    if fmt == torch.contiguous_format or device != 'cpu':
+        # The CPU kernels of the training branch take NCHW maps only.
+        cases.append(('light train branch (BN batch stats, +x) fwd+bwd',
+                      fused_branch, pytorch_branch))
+    return cases
 
 
 def base_cases(shape, fmt, dtype, device, t):
