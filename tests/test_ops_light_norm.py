@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from mrla_mm.models.layers import MRLALight
 from mrla_mm.models.layers.batch_norm_args import batch_norm_args
+from mrla_mm.ops import ext_loader
 from mrla_mm.ops.mrla_light_norm import (
     mrla_light_batch_norm,
     mrla_light_batch_norm_pytorch,
@@ -206,3 +207,13 @@ def test_core_output_is_not_kept_for_the_backward():
     assert saved_maps(mrla_light_batch_norm) <= inputs
     assert not saved_maps(mrla_light_batch_norm_pytorch) <= inputs
 
+
+
+def test_auto_keeps_small_planes_unfused(monkeypatch):
+    """auto runs the fused training branch from 10x10 planes on (measured
+    slower than the unfused ops at 7x7), the light core from 4x4."""
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'auto')
+    small, large = torch.zeros(2, 4, 7, 7), torch.zeros(2, 4, 10, 10)
+    assert not ext_loader.use_compiled('mrla_light_batch_norm', (small, ))
+    assert ext_loader.use_compiled('mrla_light_core', (small, ))
+    assert ext_loader.use_compiled('mrla_light_batch_norm', (large, ))

@@ -10,7 +10,8 @@ cannot serve a call).
 ``auto`` also leaves to PyTorch the CPU inputs on which the compiled
 kernels were measured slower than PyTorch's own (docs/benchmarks.md):
 channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
-pixels, where the per-plane set-up of the kernels outweighs the work.
+pixels (:data:`CPU_MIN_PLANE_OF_OP` for ops with more passes), where the
+per-plane set-up of the kernels outweighs the work.
 ``compiled`` runs the kernels on them all the same.
 """
 import importlib
@@ -28,6 +29,10 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32,
 # Below 4x4 pixels per plane PyTorch's CPU ops are faster than the
 # per-plane kernels; from ResNet-50's 7x7 last stage on, the kernels are.
 CPU_MIN_PLANE = 16
+# Ops whose kernels make more passes need larger planes: the fused light
+# training branch (four passes) loses to the unfused ops at 7x7 and wins
+# from 14x14 on.
+CPU_MIN_PLANE_OF_OP = dict(mrla_light_batch_norm=100)
 
 _ext = None
 _ext_error: Optional[str] = None
@@ -77,7 +82,8 @@ def unsupported_reason(maps: Iterable[torch.Tensor]) -> Optional[str]:
     return None
 
 
-def cpu_preference(maps: Iterable[torch.Tensor]) -> Optional[str]:
+def cpu_preference(maps: Iterable[torch.Tensor],
+                   min_plane: int = CPU_MIN_PLANE) -> Optional[str]:
     """Why PyTorch's CPU kernels are faster on these maps, or None."""
     for t in maps:
         if t.device.type != 'cpu' or t.dim() != 4:
@@ -85,8 +91,8 @@ def cpu_preference(maps: Iterable[torch.Tensor]) -> Optional[str]:
         if not t.is_contiguous() and t.is_contiguous(
                 memory_format=torch.channels_last):
             return 'channels_last maps run faster through PyTorch on the CPU'
-        if t.shape[2] * t.shape[3] < CPU_MIN_PLANE:
-            return (f'planes under {CPU_MIN_PLANE} pixels run faster '
+        if t.shape[2] * t.shape[3] < min_plane:
+            return (f'planes under {min_plane} pixels run faster '
                     'through PyTorch on the CPU')
     return None
 
@@ -100,7 +106,9 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
         return False
     maps = list(maps)
     reason = unsupported_reason(maps)
-    preference = cpu_preference(maps) if backend == 'auto' else None
+    preference = cpu_preference(
+        maps, CPU_MIN_PLANE_OF_OP.get(op, CPU_MIN_PLANE)) if (
+            backend == 'auto') else None
     if reason is None and preference is not None:
         _log_once(f'{op}:{preference}', logging.INFO,
                   f'{op}: pure-PyTorch path, since {preference}')
