@@ -106,9 +106,9 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
         return False
     maps = list(maps)
     reason = unsupported_reason(maps)
-    preference = cpu_preference(
-        maps, CPU_MIN_PLANE_OF_OP.get(op, CPU_MIN_PLANE)) if (
-            backend == 'auto') else None
+    min_plane = CPU_MIN_PLANE_OF_OP.get(op, CPU_MIN_PLANE)
+    preference = (cpu_preference(maps, min_plane)
+                  if backend == 'auto' else None)
     if reason is None and preference is not None:
         _log_once(f'{op}:{preference}', logging.INFO,
                   f'{op}: pure-PyTorch path, since {preference}')

@@ -23,6 +23,7 @@ from .mrla_light import (
     _kernel_operands,
     mrla_light_core_pytorch,
 )
+from .mrla_math import channel_affine
 
 
 def mrla_light_batch_norm_pytorch(x: Tensor,
@@ -107,12 +108,12 @@ class MRLALightNormFunction(Function):
 
 
 def _norm_affine(weight, bias, mean, invstd) -> Tuple[Tensor, Tensor]:
-    """The norm as ``scale * z + shift`` (accumulation-dtype vectors)."""
-    scale = invstd if weight is None else invstd * weight.detach().to(
-        invstd.dtype)
+    """The norm as ``scale * z + shift``, vectors in the dtype of
+    ``invstd`` (differentiable in ``weight`` and ``bias``)."""
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
     shift = -mean * scale
     if bias is not None:
-        shift = shift + bias.detach().to(shift.dtype)
+        shift = shift + bias.to(shift.dtype)
     return scale.contiguous(), shift.contiguous()
 
 
@@ -129,14 +130,8 @@ def _differentiable_backward(ctx, grad_out):
             y = x + F.batch_norm(z, None, None, weight, bias, True, 0.,
                                  ctx.eps)
         else:
-            scale = invstd.to(z.dtype)
-            if weight is not None:
-                scale = scale * weight
-            shift = -mean.to(z.dtype) * scale
-            if bias is not None:
-                shift = shift + bias
-            c = z.shape[1]
-            y = x + z * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+            scale, shift = _norm_affine(weight, bias, mean, invstd)
+            y = x + channel_affine(z, scale.to(z.dtype), shift.to(z.dtype))
         wanted = [t for t in inputs if t is not None and t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad_out,
                                          create_graph=True))

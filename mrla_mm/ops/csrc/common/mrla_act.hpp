@@ -1,5 +1,5 @@
-// Value activations of the MRLA-light core, shared by the CPU and CUDA
-// kernels. `act` 0 is the identity (ResNet), 1 the exact erf GELU (ViT),
+// Per-pixel math of the MRLA-light core, shared by the CPU and CUDA
+// kernels: the value activations and the core itself. `act` 0 is the identity (ResNet), 1 the exact erf GELU (ViT),
 // matching torch.nn.functional.gelu(approximate='none').
 #ifndef MRLA_ACT_HPP
 #define MRLA_ACT_HPP
@@ -50,6 +50,14 @@ MRLA_HOST_DEVICE A mrla_act_grad(A v, int act) {
     return cdf + v * pdf;
   }
   return A(1);
+}
+
+// z = gate * act(v) + lambda * o: the light core at one pixel, v the
+// depthwise 3x3 value before its activation (lambda = o = 0 without a
+// history term).
+template <typename A>
+MRLA_HOST_DEVICE A mrla_light_core(A v, A gate, A lambda, A o, int act) {
+  return gate * mrla_act(v, act) + lambda * o;
 }
 
 #endif  // MRLA_ACT_HPP

@@ -33,14 +33,15 @@ __device__ __forceinline__ A mrla_dwconv_at(const T* x, const A* w9,
   return acc;
 }
 
-// z = gate * act(v) + lambda * o_prev at memory offset off.
+// The light core z at memory offset off (no history without o_prev).
 template <typename T, typename A>
 __device__ __forceinline__ A mrla_light_core_at(A v, A g_bc, const A* lambda,
                                                 const T* o_prev, int64_t c,
                                                 int64_t off, int act) {
-  A z = g_bc * mrla_act(v, act);
-  if (o_prev != nullptr) z += lambda[c] * static_cast<A>(o_prev[off]);
-  return z;
+  return o_prev != nullptr
+             ? mrla_light_core(v, g_bc, lambda[c],
+                               static_cast<A>(o_prev[off]), act)
+             : mrla_light_core(v, g_bc, A(0), A(0), act);
 }
 
 // Per-(b, c) moments of z, one plane per block: without grad {mean,
@@ -53,13 +54,18 @@ __global__ void mrla_light_stats_cuda_kernel(
     int64_t W, int64_t G, int act) {
   const int64_t p = blockIdx.x, b = p / C, c = p % C;
   const A g_bc = gate[b * G + c / (C / G)];
+  // z at pixel i of the plane, and its memory offset.
+  auto z_at = [&](int64_t i, int64_t* off) {
+    const int64_t y = i / W, x0 = i % W;
+    *off = mrla_offset<CL>(b, c, y, x0, C, H, W);
+    return mrla_light_core_at<T, A>(
+        mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W), g_bc, lambda,
+        o_prev, c, *off, act);
+  };
   A s1 = 0, s2 = 0;
   for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
-    const int64_t y = i / W, x0 = i % W;
-    const int64_t off = mrla_offset<CL>(b, c, y, x0, C, H, W);
-    const A z = mrla_light_core_at<T, A>(
-        mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W), g_bc, lambda,
-        o_prev, c, off, act);
+    int64_t off;
+    const A z = z_at(i, &off);
     if (grad != nullptr) {
       const A g = static_cast<A>(grad[off]);
       s1 += g;
@@ -72,12 +78,8 @@ __global__ void mrla_light_stats_cuda_kernel(
   if (grad == nullptr) {
     const A mean = s1 / static_cast<A>(H * W);
     for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
-      const int64_t y = i / W, x0 = i % W;
-      const int64_t off = mrla_offset<CL>(b, c, y, x0, C, H, W);
-      const A d = mrla_light_core_at<T, A>(
-                      mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W),
-                      g_bc, lambda, o_prev, c, off, act) -
-                  mean;
+      int64_t off;
+      const A d = z_at(i, &off) - mean;
       s2 += d * d;
     }
     s1 = mean;
@@ -99,8 +101,8 @@ __global__ void mrla_light_forward_cuda_kernel(
     int64_t b, c, y, x0;
     mrla_unravel<CL>(n, C, H, W, &b, &c, &y, &x0);
     const A v = mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W);
-    A r = gate[b * G + c / d] * mrla_act(v, act);
-    if (o_prev != nullptr) r += lambda[c] * static_cast<A>(o_prev[n]);
+    A r = mrla_light_core_at<T, A>(v, gate[b * G + c / d], lambda, o_prev, c,
+                                   n, act);
     if (scale != nullptr) r = r * scale[c] + shift[c];
     if (add_input) r += static_cast<A>(x[n]);
     out[n] = static_cast<T>(r);

@@ -89,11 +89,11 @@ struct LightPlane {
 template <typename T, typename A, bool HasPrev, bool Gelu>
 MRLA_ALWAYS_INLINE void core_row(A* v, const T* o, A gate, A lambda,
                                  int64_t w) {
+  constexpr int act = Gelu ? kMRLAGelu : kMRLAIdentity;
 #pragma omp simd
   for (int64_t x = 0; x < w; ++x) {
-    A z = gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
-    if (HasPrev) z += lambda * A(o[x]);
-    v[x] = z;
+    v[x] = mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
+                           act);
   }
 }
 
@@ -153,8 +153,8 @@ MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
     T* dst = a.out + y * w;
 #pragma omp simd
     for (int64_t x = 0; x < w; ++x) {
-      A r = gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
-      if (HasPrev) r += lambda * A(o[x]);
+      A r = mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
+                            Gelu ? kMRLAGelu : kMRLAIdentity);
       r = r * scale + shift;
       if (AddInput) r += xin[x];
       dst[x] = static_cast<T>(r);
@@ -183,8 +183,9 @@ MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
     if (Norm) {
 #pragma omp simd
       for (int64_t x = 0; x < w; ++x) {
-        A z = gate * (Gelu ? mrla_act(v[x], kMRLAGelu) : v[x]);
-        if (HasPrev) z += lambda * A(o[x]);
+        const A z =
+            mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
+                            Gelu ? kMRLAGelu : kMRLAIdentity);
         gv[x] = na * A(g[x]) + nb * (z - center) + nc;
       }
     }
@@ -298,20 +299,24 @@ void with_flag(bool flag, F&& f) {
   }
 }
 
+// with_flag for three flags at once.
+template <typename F>
+void with_flags(bool a, bool b, bool c, F&& f) {
+  with_flag(a, [&](auto x) {
+    with_flag(b, [&](auto y) { with_flag(c, [&](auto z) { f(x, y, z); }); });
+  });
+}
+
 template <typename T, typename A>
 PlaneForwardFn<T, A> pick_plane_forward(bool has_prev, bool add_input,
                                         bool gelu) {
   PlaneForwardFn<T, A> fn = nullptr;
   const bool avx2 = mrla_cpu_has_avx2();
-  with_flag(has_prev, [&](auto p) {
-    with_flag(add_input, [&](auto i) {
-      with_flag(gelu, [&](auto g) {
-        constexpr bool P = decltype(p)::value, I = decltype(i)::value,
-                       G = decltype(g)::value;
-        fn = avx2 ? &plane_forward_avx2<T, A, P, I, G>
-                  : &plane_forward_default<T, A, P, I, G>;
-      });
-    });
+  with_flags(has_prev, add_input, gelu, [&](auto p, auto i, auto g) {
+    constexpr bool P = decltype(p)::value, I = decltype(i)::value,
+                   G = decltype(g)::value;
+    fn = avx2 ? &plane_forward_avx2<T, A, P, I, G>
+              : &plane_forward_default<T, A, P, I, G>;
   });
   return fn;
 }
@@ -321,15 +326,11 @@ PlaneBackwardFn<T, A> pick_plane_backward(bool has_prev, bool gelu,
                                           bool norm) {
   PlaneBackwardFn<T, A> fn = nullptr;
   const bool avx2 = mrla_cpu_has_avx2();
-  with_flag(has_prev, [&](auto p) {
-    with_flag(gelu, [&](auto g) {
-      with_flag(norm, [&](auto n) {
-        constexpr bool P = decltype(p)::value, G = decltype(g)::value,
-                       N = decltype(n)::value;
-        fn = avx2 ? &plane_backward_avx2<T, A, P, G, N>
-                  : &plane_backward_default<T, A, P, G, N>;
-      });
-    });
+  with_flags(has_prev, gelu, norm, [&](auto p, auto g, auto n) {
+    constexpr bool P = decltype(p)::value, G = decltype(g)::value,
+                   N = decltype(n)::value;
+    fn = avx2 ? &plane_backward_avx2<T, A, P, G, N>
+              : &plane_backward_default<T, A, P, G, N>;
   });
   return fn;
 }
@@ -339,15 +340,11 @@ PlaneStatsFn<T, A> pick_plane_stats(bool has_prev, bool has_grad,
                                     bool gelu) {
   PlaneStatsFn<T, A> fn = nullptr;
   const bool avx2 = mrla_cpu_has_avx2();
-  with_flag(has_prev, [&](auto p) {
-    with_flag(has_grad, [&](auto r) {
-      with_flag(gelu, [&](auto g) {
-        constexpr bool P = decltype(p)::value, R = decltype(r)::value,
-                       G = decltype(g)::value;
-        fn = avx2 ? &plane_stats_avx2<T, A, P, R, G>
-                  : &plane_stats_default<T, A, P, R, G>;
-      });
-    });
+  with_flags(has_prev, has_grad, gelu, [&](auto p, auto r, auto g) {
+    constexpr bool P = decltype(p)::value, R = decltype(r)::value,
+                   G = decltype(g)::value;
+    fn = avx2 ? &plane_stats_avx2<T, A, P, R, G>
+              : &plane_stats_default<T, A, P, R, G>;
   });
   return fn;
 }
@@ -401,8 +398,8 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
   const int64_t hw = s.h * s.w;
 
   auto epilogue = [&](A v, int64_t bc, int64_t ch, int64_t off) {
-    A r = gc[bc] * mrla_act(v, act);
-    if (has_prev) r += lam[ch] * A(op[off]);
+    A r = has_prev ? mrla_light_core(v, gc[bc], lam[ch], A(op[off]), act)
+                   : mrla_light_core(v, gc[bc], A(0), A(0), act);
     if (affine) r = r * sc[ch] + sh[ch];
     if (add_input) r += A(xp[off]);
     return static_cast<T>(r);
