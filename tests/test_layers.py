@@ -237,6 +237,9 @@ def test_base_cache_reads_values_in_place():
 def test_cache_api():
     cache = MRLACache()
     assert len(cache) == 0
-    cache.append(torch.zeros(2, 4), torch.zeros(2, 4, 3, 3))
-    cache.append(torch.ones(2, 4), torch.ones(2, 4, 3, 3))
+    kernel = torch.zeros(4, 1, 3, 3)
+    cache.append(torch.zeros(2, 4), torch.zeros(2, 4, 3, 3),
+                 torch.zeros(2, 4, 3, 3), kernel)
+    cache.append(torch.ones(2, 4), torch.ones(2, 4, 3, 3),
+                 torch.ones(2, 4, 3, 3), kernel)
     assert cache.stacked_keys().shape == (2, 2, 4)

@@ -6,6 +6,7 @@ from .checks import (
                      resolve_heads,
 )
 from .mrla_base import mrla_base_readout
+from .mrla_base_norm import mrla_base_batch_norm
 from .mrla_light import mrla_light_core
 from .mrla_light_norm import mrla_light_batch_norm
 from .mrla_math import (
@@ -22,7 +23,8 @@ from .residual_relu_pool import residual_relu_pool
 __all__ = [
     'adaptive_kernel_size', 'check_feature_map', 'check_kernel_size',
     'check_value_act', 'base_weights', 'channel_conv1d',
-    'channel_descriptor', 'head_scores', 'light_gate', 'mrla_base_readout',
+    'channel_descriptor', 'head_scores', 'light_gate',
+    'mrla_base_batch_norm', 'mrla_base_readout',
     'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value',
     'residual_relu_pool', 'resolve_heads'
 ]

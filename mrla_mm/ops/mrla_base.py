@@ -1,5 +1,5 @@
 """MRLA-base core: softmax readout over a per-stage key/value cache."""
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -44,15 +44,23 @@ class MRLABaseReadoutFunction(Function):
                                                  create_graph=True))
             return tuple(next(grads) if t.requires_grad else None
                          for t in ctx.saved_tensors)
-        w, vals = _kernel_operands(weights, values)
-        grad_out = grad_out.to(vals[0].dtype).contiguous(
-            memory_format=map_format(vals[0]))
-        *grad_values, part = load_ext().mrla_base_backward(
-            grad_out, w, vals)
-        b, c = vals[0].shape[:2]
-        grad_weights = part.view(b, weights.shape[1], c // weights.shape[1],
-                                 -1).sum(2)
-        return (grad_weights.to(weights.dtype), *grad_values)
+        grad_weights, grad_values = readout_backward(grad_out, weights,
+                                                     values)
+        return (grad_weights, *grad_values)
+
+
+def readout_backward(grad_out: Tensor, weights: Tensor,
+                     values: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+    """The kernel's gradients of the readout: for the weights ``[B, G, T]``
+    and for each value map."""
+    w, vals = _kernel_operands(weights, values)
+    grad_out = grad_out.to(vals[0].dtype).contiguous(
+        memory_format=map_format(vals[0]))
+    *grad_values, part = load_ext().mrla_base_backward(grad_out, w, vals)
+    b, c = vals[0].shape[:2]
+    grad_weights = part.view(b, weights.shape[1], c // weights.shape[1],
+                             -1).sum(2)
+    return grad_weights.to(weights.dtype), grad_values
 
 
 def _kernel_operands(weights, values):

@@ -89,17 +89,17 @@ class MRLABlockMixin:
             shift = shift * norm.weight + norm.bias
         return scale, shift
 
-    def _fuses_mrla_norm(self, x: Tensor) -> bool:
-        """Whether the MRLA-light branch, its BatchNorm (train or eval
-        mode) and the residual add run as one compiled op on ``x``: not
-        with an active drop path or a norm that synchronises across
-        processes."""
+    def _fuses_mrla_norm(self, x: Tensor, op: str) -> bool:
+        """Whether the MRLA branch, its BatchNorm (train or eval mode) and
+        the residual add run as the compiled ``op`` on ``x``, which keeps
+        none of their maps for the backward: not with an active drop path
+        or a norm that synchronises across processes."""
         norm = self.mrla_norm
         return (isinstance(norm, _BatchNorm)
                 and not (norm.training and isinstance(norm, nn.SyncBatchNorm))
                 and (not self.training
                      or isinstance(self.mrla_drop_path, nn.Identity))
-                and use_compiled('mrla_light_batch_norm', (x, )))
+                and use_compiled(op, (x, )))
 
     def residual(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -133,7 +133,7 @@ class MRLABlockMixin:
                     *folded,
                     add_input=True,
                     descriptor=descriptor)
-            if self._fuses_mrla_norm(out):
+            if self._fuses_mrla_norm(out, 'mrla_light_batch_norm'):
                 # In training the branch output is then never stored.
                 return self.mrla(
                     out, identity, descriptor=descriptor, norm=self.mrla_norm)
@@ -153,6 +153,11 @@ class MRLABlockMixin:
                     scale=folded[0],
                     shift=folded[1],
                     add_input=True)
+            if self._fuses_mrla_norm(out, 'mrla_base_batch_norm'):
+                # In training neither the branch's maps nor the value maps
+                # are then stored.
+                return self.mrla(
+                    out, cache, descriptor=descriptor, norm=self.mrla_norm)
             branch = self.relu(
                 self.mrla_norm(self.mrla(out, cache, descriptor=descriptor)))
         else:

@@ -10,11 +10,13 @@ from mrla_mm.ops import (
     check_feature_map,
     check_kernel_size,
     check_value_act,
+    mrla_base_batch_norm,
     mrla_base_readout,
     resolve_heads,
 )
 from mrla_mm.ops.mrla_value import mrla_value_map
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
+from .batch_norm_args import batch_norm_args
 from .mrla_cache import MRLACache
 
 
@@ -82,7 +84,8 @@ class MRLABase(BaseModule):
                 descriptor: Optional[Tensor] = None,
                 scale: Optional[Tensor] = None,
                 shift: Optional[Tensor] = None,
-                add_input: bool = False) -> Tensor:
+                add_input: bool = False,
+                norm: Optional[nn.Module] = None) -> Tensor:
         """Append this layer to ``cache`` and attend over all its layers.
 
         Args:
@@ -94,6 +97,12 @@ class MRLABase(BaseModule):
                 ``[C]`` folded into the readout, which a ReLU follows.
             shift (Tensor, optional): see ``scale``.
             add_input (bool): add ``x`` to the result. Defaults to False.
+            norm (nn.Module, optional): a BatchNorm module (in training or
+                eval mode); makes the result ``x + relu(norm(O^t))``, with
+                the readout, the norm and the value maps recomputed in the
+                backward instead of stored (see
+                :func:`mrla_mm.ops.mrla_base_batch_norm`). Excludes
+                ``scale``, ``shift`` and ``add_input``.
 
         Returns:
             Tensor: ``O^t``, ``[B, C, H, W]`` (extended as ``scale``,
@@ -104,11 +113,28 @@ class MRLABase(BaseModule):
         if not isinstance(cache, MRLACache):
             raise TypeError('cache must be an MRLACache, got '
                             f'{type(cache).__name__}')
+        if norm is not None and (scale is not None or add_input):
+            given = 'set' if scale is not None else None
+            raise ValueError('norm replaces scale, shift and add_input; got '
+                             f'norm={type(norm).__name__} with '
+                             f'scale={given}, add_input={add_input}')
         y = channel_descriptor(x) if descriptor is None else descriptor
         q = channel_conv1d(y, self.query_conv.weight)
+        kernel = self.value_conv.weight
         cache.append(
             channel_conv1d(y, self.key_conv.weight),
-            mrla_value_map(x, self.value_conv.weight, self.value_act))
+            mrla_value_map(x, kernel, self.value_act), x, kernel)
+        if norm is not None:
+            return mrla_base_batch_norm(
+                x,
+                q,
+                cache.stacked_keys(),
+                cache.values,
+                self.num_heads,
+                sources=cache.sources,
+                kernels=cache.kernels,
+                value_act=self.value_act,
+                **batch_norm_args(norm))
         return mrla_base_readout(
             q,
             cache.stacked_keys(),

@@ -22,12 +22,16 @@ class MRLACache:
         self.detach = detach
         self.keys: List[Tensor] = []
         self.values: List[Tensor] = []
+        self.sources: List[Tensor] = []
+        self.kernels: List[Tensor] = []
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def append(self, key: Tensor, value: Tensor) -> None:
-        """Add one layer's key ``[B, C]`` and value ``[B, C, H, W]``."""
+    def append(self, key: Tensor, value: Tensor, source: Tensor,
+               kernel: Tensor) -> None:
+        """Add one layer's key ``[B, C]`` and value ``[B, C, H, W]``, the
+        value computed from ``source`` with the depthwise ``kernel``."""
         if self.values and value.shape != self.values[0].shape:
             raise ValueError(
                 'all layers of an MRLA-base group must produce values of one '
@@ -36,8 +40,11 @@ class MRLACache:
                 'shape changes')
         if self.detach:
             key, value = key.detach(), value.detach()
+            source, kernel = source.detach(), kernel.detach()
         self.keys.append(key)
         self.values.append(value)
+        self.sources.append(source)
+        self.kernels.append(kernel)
 
     def stacked_keys(self) -> Tensor:
         """All keys as ``[B, T, C]`` (small: one descriptor per layer)."""

@@ -1,0 +1,242 @@
+"""MRLA-base branch of a ResNet block:
+``x + relu(batch_norm(readout(q, keys, values)))``, kept small in training.
+
+Unfused, each block keeps four maps for the backward besides its value map:
+the readout (the norm's input), the ReLU's output, and the block output.
+And the value map stays alive for the rest of the training step because
+every later readout of the stage saves it. Here the branch keeps, of the
+maps, only what the network keeps anyway: the readout, the norm and the
+ReLU are recomputed in the backward, and every value map is recomputed from
+the map it was computed from (the block's ``o``, which the block's ReLU
+saves already) and its depthwise kernel. The value maps then live only
+while the stage's forward needs them, and MRLA-base's extra training memory
+is about the block output alone.
+
+The price is compute: the backward of layer ``t`` of a stage recomputes its
+``t`` value maps (depthwise 3x3 passes) and the readout.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+from .checks import check_value_act
+from .ext_loader import use_compiled
+from .mrla_base import _fused_inference, readout_backward
+from .mrla_math import base_combine, base_weights, mrla_value
+from .mrla_value import mrla_value_map
+
+
+def _branch_pytorch(weights, values, running_mean, running_var, weight,
+                    bias, training, momentum, eps) -> Tensor:
+    return torch.relu(
+        F.batch_norm(
+            base_combine(weights, values), running_mean, running_var, weight,
+            bias, training, momentum, eps))
+
+
+def mrla_base_batch_norm_pytorch(x: Tensor, weights: Tensor,
+                                 values: Sequence[Tensor],
+                                 running_mean: Optional[Tensor],
+                                 running_var: Optional[Tensor],
+                                 weight: Optional[Tensor],
+                                 bias: Optional[Tensor], training: bool,
+                                 momentum: float, eps: float) -> Tensor:
+    """The pure-PyTorch composition of :func:`mrla_base_batch_norm`, from
+    the softmax weights ``[B, G, T]``."""
+    return x + _branch_pytorch(weights, values, running_mean, running_var,
+                               weight, bias, training, momentum, eps)
+
+
+class MRLABaseNormFunction(Function):
+    """``x + relu(batch_norm(sum_s weights[:, :, s] * values[s]))`` that
+    saves no map of its own.
+
+    Inputs after the flags: ``x``, the softmax weights, the norm's weight
+    and bias, its running statistics, then the ``T`` value maps (for their
+    gradients only), their ``T`` sources and ``T`` depthwise kernels
+    (``values[s] == act(dwconv3x3(sources[s], kernels[s]))``). First-order
+    gradients use the compiled readout; a double backward goes through the
+    PyTorch composition.
+    """
+
+    @staticmethod
+    def forward(ctx, training: bool, momentum: float, eps: float,
+                value_act: str, x: Tensor, weights: Tensor,
+                weight: Optional[Tensor], bias: Optional[Tensor],
+                running_mean: Optional[Tensor],
+                running_var: Optional[Tensor], *maps: Tensor) -> Tensor:
+        num = len(maps) // 3
+        values, sources, kernels = maps[:num], maps[num:2 * num], maps[2 *
+                                                                       num:]
+        readout = _fused_inference(weights, values, None, None, None)
+        out = torch.native_batch_norm(readout, weight, bias, running_mean,
+                                      running_var, training, momentum,
+                                      eps)[0]
+        out.relu_().add_(x)
+        ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
+        ctx.num_values = num
+        ctx.save_for_backward(weights, weight, bias,
+                              None if training else running_mean,
+                              None if training else running_var, *sources,
+                              *kernels)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        weights, weight, bias, running_mean, running_var, *rest = (
+            ctx.saved_tensors)
+        sources, kernels = rest[:ctx.num_values], rest[ctx.num_values:]
+        if torch.is_grad_enabled():
+            grads = _differentiable_backward(ctx, grad_out, weights, weight,
+                                             bias, running_mean,
+                                             running_var, sources, kernels)
+        else:
+            grads = _kernel_backward(ctx, grad_out, weights, weight, bias,
+                                     running_mean, running_var, sources,
+                                     kernels)
+        grad_weights, grad_weight, grad_bias, grad_values = grads
+        return (None, None, None, None, grad_out, grad_weights, grad_weight,
+                grad_bias, None, None, *grad_values,
+                *([None] * (2 * ctx.num_values)))
+
+
+def _recomputed_values(sources, kernels, value_act) -> List[Tensor]:
+    return [
+        mrla_value_map(src.detach(), k.detach(), value_act)
+        for src, k in zip(sources, kernels)
+    ]
+
+
+def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
+                     running_var, sources, kernels):
+    values = _recomputed_values(sources, kernels, ctx.value_act)
+    readout = _fused_inference(weights, values, None, None, None)
+    detached = [None if t is None else t.detach() for t in (weight, bias)]
+    # The norm's output again, for the ReLU's mask, and with batch
+    # statistics the statistics the forward normalised with.
+    out, mean, invstd = torch.native_batch_norm(readout, *detached,
+                                                running_mean, running_var,
+                                                ctx.training, 0., ctx.eps)
+    aten = torch.ops.aten
+    grad_norm = aten.threshold_backward(grad_out, out, 0)
+    del out
+    wants = [
+        True, weight is not None and ctx.needs_input_grad[6], bias
+        is not None and ctx.needs_input_grad[7]
+    ]
+    grad_readout, grad_weight, grad_bias = aten.native_batch_norm_backward(
+        grad_norm, readout, detached[0], running_mean, running_var, mean,
+        invstd, ctx.training, ctx.eps, wants)
+    del grad_norm, readout
+    grad_weights, grad_values = readout_backward(grad_readout, weights,
+                                                 values)
+    return grad_weights, grad_weight, grad_bias, grad_values
+
+
+def _differentiable_backward(ctx, grad_out, weights, weight, bias,
+                             running_mean, running_var, sources, kernels):
+    """Gradients through the PyTorch composition, with their graph (double
+    backward). With batch statistics the norm is re-run on the batch."""
+    with torch.enable_grad():
+        values = [
+            mrla_value(src, k, ctx.value_act)
+            for src, k in zip(sources, kernels)
+        ]
+        out = _branch_pytorch(weights, values, running_mean, running_var,
+                              weight, bias, ctx.training, 0., ctx.eps)
+        inputs = [weights, weight, bias, *values]
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out,
+                                         create_graph=True))
+        grads = [
+            next(grads) if t is not None and t.requires_grad else None
+            for t in inputs
+        ]
+    return grads[0], grads[1], grads[2], grads[3:]
+
+
+def _check_sources(values, sources, kernels) -> None:
+    if not len(values) == len(sources) == len(kernels):
+        raise ValueError('values, sources and kernels must have one entry '
+                         f'per layer, got {len(values)}, {len(sources)} and '
+                         f'{len(kernels)}')
+    for s, (v, src) in enumerate(zip(values, sources)):
+        if src.shape != v.shape:
+            raise ValueError(f'sources[{s}] must have the shape of '
+                             f'values[{s}] {tuple(v.shape)}, got '
+                             f'{tuple(src.shape)}')
+
+
+def mrla_base_batch_norm(
+        x: Tensor,
+        q: Tensor,
+        keys: Tensor,
+        values: Sequence[Tensor],
+        num_heads: int,
+        *,
+        sources: Sequence[Tensor],
+        kernels: Sequence[Tensor],
+        value_act: str = 'identity',
+        running_mean: Optional[Tensor],
+        running_var: Optional[Tensor],
+        weight: Optional[Tensor] = None,
+        bias: Optional[Tensor] = None,
+        training: bool = False,
+        momentum: float = 0.1,
+        eps: float = 1e-5) -> Tensor:
+    """``x + relu(batch_norm(O))``, ``O`` the MRLA-base readout of ``q``
+    over ``keys`` and ``values`` (see :func:`mrla_base_readout`).
+
+    The norm arguments are those of :func:`torch.nn.functional.batch_norm`
+    and mean the same (batch statistics and an in-place running update with
+    ``training``, else the running statistics). With the compiled
+    extension serving the maps (see :mod:`mrla_mm.ops.ext_loader`), the
+    backward recomputes each value map from ``sources`` and ``kernels``
+    instead of keeping it, and the readout and the norm instead of keeping
+    their outputs; else this is the PyTorch composition.
+
+    Args:
+        x (Tensor): the map the branch is added to, ``[B, C, H, W]``.
+        q (Tensor): query of the current layer, ``[B, C]``.
+        keys (Tensor): keys of the layers so far, ``[B, T, C]``.
+        values (Sequence[Tensor]): their ``T`` value maps.
+        num_heads (int): number of heads ``G``.
+        sources (Sequence[Tensor]): the map each value was computed from.
+        kernels (Sequence[Tensor]): the depthwise kernel ``[C, 1, 3, 3]``
+            of each value: ``values[s] == mrla_value(sources[s],
+            kernels[s], value_act)``.
+        value_act (str): ``'identity'`` (ResNet) or ``'gelu'``.
+        running_mean (Tensor, optional): ``[C]``.
+        running_var (Tensor, optional): ``[C]``.
+        weight (Tensor, optional): the norm's ``gamma`` ``[C]``.
+        bias (Tensor, optional): the norm's ``beta`` ``[C]``.
+        training (bool): normalise with the batch statistics.
+        momentum (float): running-statistics update factor.
+        eps (float): added to the variance.
+
+    Returns:
+        Tensor: ``[B, C, H, W]``.
+    """
+    check_value_act(value_act)
+    if keys.shape[1] != len(values):
+        raise ValueError(f'keys hold {keys.shape[1]} layers but values hold '
+                         f'{len(values)}')
+    _check_sources(values, sources, kernels)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError('running_mean and running_var are required when '
+                         'training=False')
+    if training and x.numel() // x.shape[1] <= 1:
+        raise ValueError('Expected more than 1 value per channel when '
+                         f'training, got input size {tuple(x.shape)}')
+    weights = base_weights(q, keys, num_heads)
+    if not use_compiled('mrla_base_batch_norm', (x, *values)):
+        return mrla_base_batch_norm_pytorch(x, weights, values, running_mean,
+                                            running_var, weight, bias,
+                                            training, momentum, eps)
+    return MRLABaseNormFunction.apply(training, momentum, eps, value_act, x,
+                                      weights, weight, bias, running_mean,
+                                      running_var, *values, *sources,
+                                      *kernels)
