@@ -4,12 +4,18 @@ All variants run in one process on the same input, interleaved repeat by
 repeat so that a change of machine load hits them alike; the table gives
 the median time of each and its ratio to the plain ResNet, for inference
 (eval mode, no grad) and a training step (forward, backward, SGD step).
-With ``--memory`` the table adds the activation memory of a training
-step: the tensors autograd holds for the backward pass at the end of the
-forward pass (the step's peak, above the model and optimizer state),
-counted once per storage through ``torch.autograd.graph``'s saved-tensor
-hooks. It is exact and independent of the allocator, unlike the process's
-resident set.
+With ``--memory`` the table adds two memory figures of a training step,
+both exact and independent of the allocator, unlike the process's
+resident set:
+
+- *saved*: the tensors autograd holds for the backward pass at the end of
+  the forward pass, counted once per storage through
+  ``torch.autograd.graph``'s saved-tensor hooks, parameters left out;
+- *peak*: the most tensor memory live at any moment of the forward and
+  backward pass, above what was live before it (the model), from the
+  allocation events of ``torch.profiler`` (``profile_memory``): the saved
+  tensors plus the transient ones, such as an MRLA-base stage's value
+  maps while its forward runs, and the gradients.
 
 Example::
 
@@ -47,8 +53,8 @@ def parse_args(argv=None):
     p.add_argument('--modes', nargs='+', default=['infer', 'train'],
                    choices=('infer', 'train'))
     p.add_argument('--memory', action='store_true',
-                   help='also measure the activation memory of a training '
-                   'step')
+                   help='also measure the saved and the peak tensor memory '
+                   'of a training step')
     p.add_argument('--json', help='write the results to this file')
     return p.parse_args(argv)
 
@@ -136,19 +142,44 @@ def time_variants(args):
 
 
 def saved_activation_mib(args, variant):
-    """MiB of distinct storages autograd saves in one training forward."""
+    """MiB of distinct storages autograd saves in one training forward,
+    the model's parameters left out."""
     r = Runner(variant, args)
     r.model.train()
     storages = {}
+    # Weights are saved too (convolutions keep theirs) but are the model,
+    # not activations.
+    params = {p.untyped_storage().data_ptr() for p in r.model.parameters()}
 
     def pack(t):
         storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     with r, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         r.model(make_input(args))
     return sum(storages.values()) / 2**20
+
+
+def peak_step_mib(args, variant):
+    """MiB of the most tensor memory live during one training forward and
+    backward, above what was live before them."""
+    from torch.profiler import ProfilerActivity, profile
+    r = Runner(variant, args)
+    r.model.train()
+    x = make_input(args)
+    with r, profile(activities=[ProfilerActivity.CPU],
+                    profile_memory=True) as prof:
+        sum(o.float().mean() for o in r.model(x)).backward()
+    events = sorted((e.start_ns(), e.nbytes())
+                    for e in prof.profiler.kineto_results.events()
+                    if e.name() == '[memory]')
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def print_table(args, results, memory):
@@ -173,8 +204,8 @@ def print_table(args, results, memory):
         head += f' {mode} s | {mode} / plain |'
         rule += '---|---|'
     if memory:
-        head += ' activations MiB | memory / plain |'
-        rule += '---|---|'
+        head += (' saved MiB | saved / plain | peak MiB | peak / plain |')
+        rule += '---|---|---|---|'
     print(head)
     print(rule)
     for v in args.variants:
@@ -183,8 +214,9 @@ def print_table(args, results, memory):
             t, ref = results[mode][v], results[mode].get('plain')
             row += f' {t:.3f} | ' + (f'{t / ref:.3f}x |' if ref else '- |')
         if memory:
-            m, ref = memory[v], memory.get('plain')
-            row += f' {m:.0f} | ' + (f'{m / ref:.3f}x |' if ref else '- |')
+            for m, ref in zip(memory[v], memory.get('plain', (None, None))):
+                row += f' {m:.0f} | ' + (f'{m / ref:.3f}x |'
+                                         if ref else '- |')
         print(row)
 
 
@@ -192,8 +224,10 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     results = time_variants(args)
-    memory = {v: saved_activation_mib(args, v)
-              for v in args.variants} if args.memory else None
+    memory = {
+        v: (saved_activation_mib(args, v), peak_step_mib(args, v))
+        for v in args.variants
+    } if args.memory else None
     print_table(args, results, memory)
     if args.json:
         with open(args.json, 'w') as f:
