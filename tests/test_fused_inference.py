@@ -31,9 +31,7 @@ class _MapOps(TorchDispatchMode):
         return out
 
 
-def _model(kind):
-    torch.manual_seed(0)
-    model = MRLAResNet(50, mrla_cfg=dict(type=kind), out_indices=(0, 1, 2, 3))
+def _randomize_norms(model):
     for m in model.modules():
         if isinstance(m, _BatchNorm):
             # Non-trivial statistics, so that a wrong fold shows.
@@ -41,6 +39,12 @@ def _model(kind):
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
+
+
+def _model(kind):
+    torch.manual_seed(0)
+    model = MRLAResNet(50, mrla_cfg=dict(type=kind), out_indices=(0, 1, 2, 3))
+    _randomize_norms(model)
     model.eval()
     return model
 
@@ -131,12 +135,20 @@ def _saved_maps(model, x, backend, monkeypatch):
 
 
 @pytest.mark.parametrize('norm_eval', [False, True])
-def test_fused_base_training_matches_pytorch_path(norm_eval, monkeypatch):
+@pytest.mark.parametrize('recompute', [True, False])
+def test_fused_base_training_matches_pytorch_path(norm_eval, recompute,
+                                                  monkeypatch):
     """With autograd on, the base branch, its BatchNorm, ReLU and the
-    residual add run as one op that recomputes the readout and the value
-    maps in the backward: same outputs, gradients and running statistics
-    as the modules, and three maps fewer kept per block."""
-    fused = _model('MRLABase').double()
+    residual add run as one op that recomputes the readout (and the value
+    maps with ``recompute_values``) in the backward: same outputs,
+    gradients and running statistics as the modules, and two (three) maps
+    fewer kept per block."""
+    torch.manual_seed(0)
+    fused = MRLAResNet(
+        50, mrla_cfg=dict(type='MRLABase', recompute_values=recompute),
+        out_indices=(0, 1, 2, 3))
+    _randomize_norms(fused)
+    fused = fused.double()
     fused.norm_eval = norm_eval
     ref = copy.deepcopy(fused)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
@@ -149,10 +161,10 @@ def test_fused_base_training_matches_pytorch_path(norm_eval, monkeypatch):
             assert rel_err(a, r) < 1e-10, step
         for a, r in zip(fused.buffers(), ref.buffers()):
             assert rel_err(a, r) < 1e-10, step
-    # Per block the value map, the readout and the norm's output.
+    # Per block the readout, the norm's output (and the value map).
     kept, _ = _saved_maps(fused, x, 'compiled', monkeypatch)
     ref_kept, _ = _saved_maps(ref, x, 'pytorch', monkeypatch)
-    assert len(ref_kept) - len(kept) == 3 * 16
+    assert len(ref_kept) - len(kept) == (3 if recompute else 2) * 16
 
 
 def test_active_drop_path_keeps_the_norm_module(monkeypatch):

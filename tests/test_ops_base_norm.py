@@ -42,10 +42,12 @@ def _inputs(b, heads, d, h, w, t, dtype, seed, device='cpu'):
 
 
 def _fused(x, q, keys, gamma, beta, rm, rv, sources, kernels, heads, act,
-           training):
+           training, recompute=True):
     values = [mrla_value_map(s, k, act) for s, k in zip(sources, kernels)]
     return mrla_base_batch_norm(
-        x, q, keys, values, heads, sources=sources, kernels=kernels,
+        x, q, keys, values, heads,
+        sources=sources if recompute else None,
+        kernels=kernels if recompute else None,
         value_act=act, running_mean=rm, running_var=rv, weight=gamma,
         bias=beta, training=training, momentum=0.1, eps=1e-5)
 
@@ -62,7 +64,8 @@ def _reference(x, q, keys, gamma, beta, rm, rv, sources, kernels, heads, act,
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('act', ['identity', 'gelu'])
 @pytest.mark.parametrize('t', [1, 3])
-def test_gradcheck(device, training, act, t):
+@pytest.mark.parametrize('recompute', [True, False])
+def test_gradcheck(device, training, act, t, recompute):
     small, sources, kernels = _inputs(2, 2, 3, 4, 5, t, torch.float64, 3,
                                       device)
     x, q, keys, gamma, beta, rm, rv = small
@@ -74,7 +77,7 @@ def test_gradcheck(device, training, act, t):
         # gradcheck must not move the running statistics.
         stats = (None, None) if training else (rm, rv)
         return _fused(x, q, keys, gamma, beta, *stats, list(maps[:t]),
-                      list(maps[t:]), 2, act, training)
+                      list(maps[t:]), 2, act, training, recompute)
 
     assert torch.autograd.gradcheck(f, diff)
     assert torch.autograd.gradgradcheck(f, diff)
@@ -85,9 +88,10 @@ def test_gradcheck(device, training, act, t):
 @given(b=st.integers(1, 3), heads=st.integers(1, 4), d=st.integers(1, 6),
        h=st.integers(1, 8), w=st.integers(1, 8), t=st.integers(1, 6),
        seed=st.integers(0, 2**16), act=st.sampled_from(['identity', 'gelu']),
-       training=st.booleans(), affine=st.booleans())
+       training=st.booleans(), affine=st.booleans(),
+       recompute=st.booleans())
 def test_compiled_matches_pytorch(device, b, heads, d, h, w, t, seed, act,
-                                  training, affine):
+                                  training, affine, recompute):
     """float32 output, every gradient and the running statistics: as close
     to the float64 result as PyTorch's own float32 composition is (or
     within 1e-5). Batch statistics over fewer than 4 values per channel
@@ -107,7 +111,8 @@ def test_compiled_matches_pytorch(device, b, heads, d, h, w, t, seed, act,
                        for group in (small, sources, kernels))
         diff = [a.requires_grad_() for a in s[:5] + src + ker
                 if a is not None]
-        out = fn(*s, src, ker, heads, act, training)
+        out = (fn(*s, src, ker, heads, act, training, recompute)
+               if fn is _fused else fn(*s, src, ker, heads, act, training))
         grad = torch.randn(out.shape, dtype=torch.float64,
                            generator=torch.Generator().manual_seed(seed))
         grads = torch.autograd.grad(out, diff, grad.to(out))
@@ -118,13 +123,16 @@ def test_compiled_matches_pytorch(device, b, heads, d, h, w, t, seed, act,
 
 @pytest.mark.parametrize('momentum', [0.1, None])
 @pytest.mark.parametrize('mode', ['train', 'eval', 'untracked'])
-def test_layer_with_norm_module_matches_the_module(momentum, mode):
+@pytest.mark.parametrize('recompute', [True, False])
+def test_layer_with_norm_module_matches_the_module(momentum, mode,
+                                                   recompute):
     """``MRLABase(..., norm=bn)`` over a group of three layers is
     ``x + relu(bn(MRLABase(...)))``: outputs, the gradients of every
     input and parameter, and the norms' buffers, over two steps."""
     torch.manual_seed(0)
     layers = nn.ModuleList(
-        MRLABase(16, dim_per_head=4) for _ in range(3)).double()
+        MRLABase(16, dim_per_head=4, recompute_values=recompute)
+        for _ in range(3)).double()
     norms = nn.ModuleList(
         nn.BatchNorm2d(16, momentum=momentum,
                        track_running_stats=mode != 'untracked')
@@ -165,15 +173,16 @@ def test_layer_with_norm_module_matches_the_module(momentum, mode):
 
 
 def test_no_map_of_its_own_is_kept_for_the_backward():
-    """In training the branch keeps, of the maps, only its inputs'
+    """In training the branch keeps, of the maps, only the values'
     sources (maps the network keeps anyway): no value map, no readout, no
-    norm output. The PyTorch composition keeps all of those."""
+    norm output; without sources, the values and no other map. The
+    PyTorch composition keeps all of those."""
     small, sources, kernels = _inputs(2, 2, 4, 8, 8, 3, torch.float32, 0)
     x, q, keys, gamma, beta, rm, rv = small
     for t in (x, q, keys, gamma, beta, *sources, *kernels):
         t.requires_grad_()
 
-    def saved_maps(fn):
+    def saved_maps(fn, *recompute):
         maps = []
 
         def pack(t):
@@ -183,11 +192,13 @@ def test_no_map_of_its_own_is_kept_for_the_backward():
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(x, q, keys, gamma, beta, rm.clone(), rv.clone(), sources,
-               kernels, 2, 'identity', True)
+               kernels, 2, 'identity', True, *recompute)
         return {m.untyped_storage().data_ptr() for m in maps}
 
     inputs = {t.untyped_storage().data_ptr() for t in (x, *sources)}
     assert saved_maps(_fused) <= inputs
+    # The three value maps.
+    assert len(saved_maps(_fused, False) - inputs) == 3
     # The three value maps, the readout and the norm's output.
     assert len(saved_maps(_reference) - inputs) == 5
 
@@ -213,6 +224,11 @@ def test_bad_arguments_are_named():
                              sources=[sources[0], torch.zeros(1, 4, 2, 1)],
                              kernels=kernels, running_mean=rm,
                              running_var=rv)
+    with pytest.raises(ValueError, match='sources and kernels are given '
+                       'together or not at all, got sources=list, '
+                       'kernels=NoneType'):
+        mrla_base_batch_norm(x, q, keys, values, 1, sources=sources,
+                             running_mean=rm, running_var=rv)
     with pytest.raises(ValueError, match='keys hold 2 layers but values '
                        'hold 1'):
         mrla_base_batch_norm(x, q, keys, values[:1], 1, sources=sources[:1],

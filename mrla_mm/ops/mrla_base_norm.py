@@ -1,21 +1,20 @@
 """MRLA-base branch of a ResNet block:
 ``x + relu(batch_norm(readout(q, keys, values)))``, kept small in training.
 
-Unfused, each block keeps four maps for the backward besides its value map:
-the readout (the norm's input), the ReLU's output, and the block output.
-And the value map stays alive for the rest of the training step because
-every later readout of the stage saves it. Here the branch keeps, of the
-maps, only what the network keeps anyway: the readout, the norm and the
-ReLU are recomputed in the backward, and every value map is recomputed from
-the map it was computed from (the block's ``o``, which the block's ReLU
-saves already) and its depthwise kernel. The value maps then live only
-while the stage's forward needs them, and MRLA-base's extra training memory
-is about the block output alone.
-
-The price is compute: the backward of layer ``t`` of a stage recomputes its
-``t`` value maps (depthwise 3x3 passes) and the readout.
+Unfused, each block keeps for the backward its value map, the readout (the
+norm's input), the norm's output (the ReLU's) and the block output; and
+the value map stays alive for the rest of the training step because every
+later readout of the stage saves it. Here the readout, the norm and the
+ReLU are recomputed in the backward instead of kept. Optionally every value
+map is recomputed too, from the map it was computed from (the block's
+``o``, which the block's ReLU saves already) and its depthwise kernel: the
+value maps then live only while the stage's forward needs them, and of
+MRLA-base's maps the training step saves only the block output. That costs
+compute: the backward of layer ``t`` of a stage recomputes ``t`` value maps
+(depthwise 3x3 passes).
 """
-from typing import List, Optional, Sequence
+from contextlib import nullcontext
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,67 +51,68 @@ def mrla_base_batch_norm_pytorch(x: Tensor, weights: Tensor,
 
 class MRLABaseNormFunction(Function):
     """``x + relu(batch_norm(sum_s weights[:, :, s] * values[s]))`` that
-    saves no map of its own.
+    keeps neither the readout nor the norm's output, and with ``recompute``
+    not the value maps either.
 
     Inputs after the flags: ``x``, the softmax weights, the norm's weight
-    and bias, its running statistics, then the ``T`` value maps (for their
-    gradients only), their ``T`` sources and ``T`` depthwise kernels
-    (``values[s] == act(dwconv3x3(sources[s], kernels[s]))``). First-order
-    gradients use the compiled readout; a double backward goes through the
-    PyTorch composition.
+    and bias, its running statistics, then the ``T`` value maps; with
+    ``recompute`` also their ``T`` sources and ``T`` depthwise kernels
+    (``values[s] == act(dwconv3x3(sources[s], kernels[s]))``), which are
+    kept instead of the values. First-order gradients use the compiled
+    readout; a double backward goes through the PyTorch composition.
     """
 
     @staticmethod
     def forward(ctx, training: bool, momentum: float, eps: float,
-                value_act: str, x: Tensor, weights: Tensor,
+                value_act: str, recompute: bool, x: Tensor, weights: Tensor,
                 weight: Optional[Tensor], bias: Optional[Tensor],
                 running_mean: Optional[Tensor],
                 running_var: Optional[Tensor], *maps: Tensor) -> Tensor:
-        num = len(maps) // 3
-        values, sources, kernels = maps[:num], maps[num:2 * num], maps[2 *
-                                                                       num:]
-        readout = _fused_inference(weights, values, None, None, None)
+        num = len(maps) // 3 if recompute else len(maps)
+        readout = _fused_inference(weights, maps[:num], None, None, None)
         out = torch.native_batch_norm(readout, weight, bias, running_mean,
                                       running_var, training, momentum,
                                       eps)[0]
         out.relu_().add_(x)
         ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
-        ctx.num_values = num
+        ctx.recompute, ctx.num_values = recompute, num
         ctx.save_for_backward(weights, weight, bias,
                               None if training else running_mean,
-                              None if training else running_var, *sources,
-                              *kernels)
+                              None if training else running_var,
+                              *(maps[num:] if recompute else maps))
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        weights, weight, bias, running_mean, running_var, *rest = (
+        weights, weight, bias, running_mean, running_var, *maps = (
             ctx.saved_tensors)
-        sources, kernels = rest[:ctx.num_values], rest[ctx.num_values:]
-        if torch.is_grad_enabled():
-            grads = _differentiable_backward(ctx, grad_out, weights, weight,
-                                             bias, running_mean,
-                                             running_var, sources, kernels)
+        differentiable = torch.is_grad_enabled()
+        if ctx.recompute:
+            value = mrla_value if differentiable else _value_no_grad
+            with torch.enable_grad() if differentiable else nullcontext():
+                values = [
+                    value(src, k, ctx.value_act)
+                    for src, k in zip(maps[:ctx.num_values],
+                                      maps[ctx.num_values:])
+                ]
         else:
-            grads = _kernel_backward(ctx, grad_out, weights, weight, bias,
-                                     running_mean, running_var, sources,
-                                     kernels)
-        grad_weights, grad_weight, grad_bias, grad_values = grads
-        return (None, None, None, None, grad_out, grad_weights, grad_weight,
-                grad_bias, None, None, *grad_values,
-                *([None] * (2 * ctx.num_values)))
+            values = maps
+        backward = (_differentiable_backward
+                    if differentiable else _kernel_backward)
+        grad_weights, grad_weight, grad_bias, grad_values = backward(
+            ctx, grad_out, weights, weight, bias, running_mean, running_var,
+            values)
+        return (None, None, None, None, None, grad_out, grad_weights,
+                grad_weight, grad_bias, None, None, *grad_values,
+                *([None] * (len(maps) if ctx.recompute else 0)))
 
 
-def _recomputed_values(sources, kernels, value_act) -> List[Tensor]:
-    return [
-        mrla_value_map(src.detach(), k.detach(), value_act)
-        for src, k in zip(sources, kernels)
-    ]
+def _value_no_grad(source: Tensor, kernel: Tensor, value_act: str) -> Tensor:
+    return mrla_value_map(source.detach(), kernel.detach(), value_act)
 
 
 def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
-                     running_var, sources, kernels):
-    values = _recomputed_values(sources, kernels, ctx.value_act)
+                     running_var, values):
     readout = _fused_inference(weights, values, None, None, None)
     detached = [None if t is None else t.detach() for t in (weight, bias)]
     # The norm's output again, for the ReLU's mask, and with batch
@@ -124,8 +124,8 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
     grad_norm = aten.threshold_backward(grad_out, out, 0)
     del out
     wants = [
-        True, weight is not None and ctx.needs_input_grad[6], bias
-        is not None and ctx.needs_input_grad[7]
+        True, weight is not None and ctx.needs_input_grad[7], bias
+        is not None and ctx.needs_input_grad[8]
     ]
     grad_readout, grad_weight, grad_bias = aten.native_batch_norm_backward(
         grad_norm, readout, detached[0], running_mean, running_var, mean,
@@ -137,14 +137,10 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
 
 
 def _differentiable_backward(ctx, grad_out, weights, weight, bias,
-                             running_mean, running_var, sources, kernels):
+                             running_mean, running_var, values):
     """Gradients through the PyTorch composition, with their graph (double
     backward). With batch statistics the norm is re-run on the batch."""
     with torch.enable_grad():
-        values = [
-            mrla_value(src, k, ctx.value_act)
-            for src, k in zip(sources, kernels)
-        ]
         out = _branch_pytorch(weights, values, running_mean, running_var,
                               weight, bias, ctx.training, 0., ctx.eps)
         inputs = [weights, weight, bias, *values]
@@ -159,6 +155,12 @@ def _differentiable_backward(ctx, grad_out, weights, weight, bias,
 
 
 def _check_sources(values, sources, kernels) -> None:
+    if (sources is None) != (kernels is None):
+        raise ValueError('sources and kernels are given together or not at '
+                         f'all, got sources={type(sources).__name__}, '
+                         f'kernels={type(kernels).__name__}')
+    if sources is None:
+        return
     if not len(values) == len(sources) == len(kernels):
         raise ValueError('values, sources and kernels must have one entry '
                          f'per layer, got {len(values)}, {len(sources)} and '
@@ -177,8 +179,8 @@ def mrla_base_batch_norm(
         values: Sequence[Tensor],
         num_heads: int,
         *,
-        sources: Sequence[Tensor],
-        kernels: Sequence[Tensor],
+        sources: Optional[Sequence[Tensor]] = None,
+        kernels: Optional[Sequence[Tensor]] = None,
         value_act: str = 'identity',
         running_mean: Optional[Tensor],
         running_var: Optional[Tensor],
@@ -194,9 +196,10 @@ def mrla_base_batch_norm(
     and mean the same (batch statistics and an in-place running update with
     ``training``, else the running statistics). With the compiled
     extension serving the maps (see :mod:`mrla_mm.ops.ext_loader`), the
-    backward recomputes each value map from ``sources`` and ``kernels``
-    instead of keeping it, and the readout and the norm instead of keeping
-    their outputs; else this is the PyTorch composition.
+    backward recomputes the readout and the norm instead of keeping their
+    outputs, and, given ``sources`` and ``kernels``, each value map from
+    its source instead of keeping it; else this is the PyTorch
+    composition.
 
     Args:
         x (Tensor): the map the branch is added to, ``[B, C, H, W]``.
@@ -204,10 +207,12 @@ def mrla_base_batch_norm(
         keys (Tensor): keys of the layers so far, ``[B, T, C]``.
         values (Sequence[Tensor]): their ``T`` value maps.
         num_heads (int): number of heads ``G``.
-        sources (Sequence[Tensor]): the map each value was computed from.
-        kernels (Sequence[Tensor]): the depthwise kernel ``[C, 1, 3, 3]``
-            of each value: ``values[s] == mrla_value(sources[s],
-            kernels[s], value_act)``.
+        sources (Sequence[Tensor], optional): the map each value was
+            computed from, with ``kernels``. Defaults to None: the values
+            are kept for the backward.
+        kernels (Sequence[Tensor], optional): the depthwise kernel
+            ``[C, 1, 3, 3]`` of each value: ``values[s] ==
+            mrla_value(sources[s], kernels[s], value_act)``.
         value_act (str): ``'identity'`` (ResNet) or ``'gelu'``.
         running_mean (Tensor, optional): ``[C]``.
         running_var (Tensor, optional): ``[C]``.
@@ -236,7 +241,8 @@ def mrla_base_batch_norm(
         return mrla_base_batch_norm_pytorch(x, weights, values, running_mean,
                                             running_var, weight, bias,
                                             training, momentum, eps)
-    return MRLABaseNormFunction.apply(training, momentum, eps, value_act, x,
-                                      weights, weight, bias, running_mean,
-                                      running_var, *values, *sources,
-                                      *kernels)
+    recompute = sources is not None
+    return MRLABaseNormFunction.apply(
+        training, momentum, eps, value_act, recompute, x, weights, weight,
+        bias, running_mean, running_var, *values,
+        *((*sources, *kernels) if recompute else ()))

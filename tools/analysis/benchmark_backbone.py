@@ -31,7 +31,8 @@ import time
 
 import torch
 
-VARIANTS = ('plain', 'light', 'base', 'light-pytorch', 'base-pytorch')
+VARIANTS = ('plain', 'light', 'base', 'light-pytorch', 'base-pytorch',
+            'base-keep')
 
 
 def parse_args(argv=None):
@@ -49,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument('--variants', nargs='+', default=list(VARIANTS[:3]),
                    choices=VARIANTS,
                    help='"-pytorch" variants force the pure-PyTorch path '
-                   'of the MRLA ops')
+                   'of the MRLA ops; "base-keep" is MRLA-base with '
+                   'recompute_values=False')
     p.add_argument('--modes', nargs='+', default=['infer', 'train'],
                    choices=('infer', 'train'))
     p.add_argument('--memory', action='store_true',
@@ -65,6 +67,10 @@ def build(variant, depth):
     kind = variant.split('-')[0]
     cfg = dict(light=dict(type='MRLALight'), base=dict(type='MRLABase'),
                plain=None)[kind]
+    if variant == 'base-keep':
+        # Keeps the value maps for the backward instead of recomputing
+        # them (faster step, more memory).
+        cfg = dict(cfg, recompute_values=False)
     # MRLA-base ResNets have the deep stem in the reference.
     return MRLAResNet(depth, mrla_cfg=cfg, deep_stem=kind == 'base',
                       out_indices=(3, ), norm_eval=False)

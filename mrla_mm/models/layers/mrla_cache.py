@@ -1,4 +1,4 @@
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -22,29 +22,47 @@ class MRLACache:
         self.detach = detach
         self.keys: List[Tensor] = []
         self.values: List[Tensor] = []
-        self.sources: List[Tensor] = []
-        self.kernels: List[Tensor] = []
+        self.sources: List[Optional[Tensor]] = []
+        self.kernels: List[Optional[Tensor]] = []
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def append(self, key: Tensor, value: Tensor, source: Tensor,
-               kernel: Tensor) -> None:
-        """Add one layer's key ``[B, C]`` and value ``[B, C, H, W]``, the
-        value computed from ``source`` with the depthwise ``kernel``."""
+    def append(self,
+               key: Tensor,
+               value: Tensor,
+               source: Optional[Tensor] = None,
+               kernel: Optional[Tensor] = None) -> None:
+        """Add one layer's key ``[B, C]`` and value ``[B, C, H, W]``; and,
+        for a backward that recomputes the value, the map it was computed
+        from and its depthwise kernel (held only when given: in inference
+        they would outlive their layer)."""
         if self.values and value.shape != self.values[0].shape:
             raise ValueError(
                 'all layers of an MRLA-base group must produce values of one '
                 f'shape: the group started with {tuple(self.values[0].shape)},'
                 f' got {tuple(value.shape)}; start a new MRLACache where the '
                 'shape changes')
+        if (source is None) != (kernel is None):
+            raise ValueError('source and kernel are given together or not '
+                             f'at all, got source={type(source).__name__}, '
+                             f'kernel={type(kernel).__name__}')
         if self.detach:
             key, value = key.detach(), value.detach()
-            source, kernel = source.detach(), kernel.detach()
+            if source is not None:
+                source, kernel = source.detach(), kernel.detach()
         self.keys.append(key)
         self.values.append(value)
         self.sources.append(source)
         self.kernels.append(kernel)
+
+    def value_sources(
+            self) -> Optional[Tuple[List[Tensor], List[Tensor]]]:
+        """The sources and kernels of all values, or None when a layer did
+        not give them."""
+        if any(s is None for s in self.sources):
+            return None
+        return self.sources, self.kernels
 
     def stacked_keys(self) -> Tensor:
         """All keys as ``[B, T, C]`` (small: one descriptor per layer)."""
