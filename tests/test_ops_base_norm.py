@@ -66,7 +66,7 @@ def _reference(x, q, keys, gamma, beta, rm, rv, sources, kernels, heads, act,
 @pytest.mark.parametrize('t', [1, 3])
 @pytest.mark.parametrize('recompute', [True, False])
 def test_gradcheck(device, training, act, t, recompute):
-    small, sources, kernels = _inputs(2, 2, 3, 4, 5, t, torch.float64, 3,
+    small, sources, kernels = _inputs(2, 2, 2, 3, 4, t, torch.float64, 3,
                                       device)
     x, q, keys, gamma, beta, rm, rv = small
     keys = keys * 0.5
