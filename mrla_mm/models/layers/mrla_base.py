@@ -109,9 +109,9 @@ class MRLABase(BaseModule):
             add_input (bool): add ``x`` to the result. Defaults to False.
             norm (nn.Module, optional): a BatchNorm module (in training or
                 eval mode); makes the result ``x + relu(norm(O^t))``, with
-                the readout, the norm and the value maps recomputed in the
-                backward instead of stored (see
-                :func:`mrla_mm.ops.mrla_base_batch_norm`). Excludes
+                the readout and the norm (and with ``recompute_values`` the
+                value maps) recomputed in the backward instead of stored
+                (see :func:`mrla_mm.ops.mrla_base_batch_norm`). Excludes
                 ``scale``, ``shift`` and ``add_input``.
 
         Returns:
