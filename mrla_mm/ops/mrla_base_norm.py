@@ -27,6 +27,9 @@ from .mrla_base import _fused_inference, readout_backward
 from .mrla_math import base_combine, base_weights, mrla_value
 from .mrla_value import mrla_value_map
 
+# Recomputed value maps released per this many in the backward.
+RELEASE_CHUNK = 4
+
 
 def _branch_pytorch(weights, values, running_mean, running_var, weight,
                     bias, training, momentum, eps) -> Tensor:
@@ -131,9 +134,23 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
         grad_norm, readout, detached[0], running_mean, running_var, mean,
         invstd, ctx.training, ctx.eps, wants)
     del grad_norm, readout
-    grad_weights, grad_values = readout_backward(grad_readout, weights,
-                                                 values)
-    return grad_weights, grad_weight, grad_bias, grad_values
+    if not ctx.recompute:
+        grad_weights, grad_values = readout_backward(grad_readout, weights,
+                                                     values)
+        return grad_weights, grad_weight, grad_bias, grad_values
+    # Recomputed values are let go a few at a time as their gradients
+    # appear (the gradient of each value depends on that value alone), so
+    # that the two sets of maps do not peak together.
+    parts, grad_values = [], []
+    for start in range(0, len(values), RELEASE_CHUNK):
+        chunk = values[start:start + RELEASE_CHUNK]
+        values[start:start + RELEASE_CHUNK] = [None] * len(chunk)
+        part, grads = readout_backward(
+            grad_readout, weights[..., start:start + len(chunk)], chunk)
+        del chunk
+        parts.append(part)
+        grad_values.extend(grads)
+    return torch.cat(parts, -1), grad_weight, grad_bias, grad_values
 
 
 def _differentiable_backward(ctx, grad_out, weights, weight, bias,

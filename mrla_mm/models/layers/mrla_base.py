@@ -53,7 +53,7 @@ class MRLABase(BaseModule):
             training, recompute the group's value maps in the backward
             from the maps they were computed from, instead of keeping them
             for the whole step: the saved maps of a ResNet-101 step drop
-            from 1.62x to 1.34x of plain ResNet-101's, for up to 0.1x of
+            from 1.62x to 1.34x of plain ResNet-101's, for up to 0.11x of
             plain's step time on the CPU (docs/benchmarks.md). Outputs and
             gradients are the same either way. Defaults to True.
         init_cfg (dict or list[dict], optional): Initialization config.
