@@ -93,13 +93,11 @@ def _train_step(model, x, backend, monkeypatch):
     return list(outs), [p.grad for p in model.parameters()], ops.names
 
 
-@pytest.mark.parametrize('norm_eval', [False, True])
-def test_fused_training_matches_pytorch_path(norm_eval, monkeypatch):
-    """With autograd on, the light branch, its BatchNorm (batch statistics,
-    or running ones under norm_eval) and the residual add run as one op:
-    same outputs, gradients and running statistics as the modules."""
-    fused = _model('MRLALight').double()
-    fused.norm_eval = norm_eval
+def _compare_training_steps(fused, monkeypatch):
+    """Two training steps of ``fused`` on the compiled path and of a copy
+    on the PyTorch path: outputs, parameter gradients and buffers agree
+    within 1e-10 after each; yields each step's op names (compiled,
+    PyTorch)."""
     ref = copy.deepcopy(fused)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     for step in range(2):
@@ -112,6 +110,17 @@ def test_fused_training_matches_pytorch_path(norm_eval, monkeypatch):
             assert rel_err(a, r) < 1e-10, step
         for a, r in zip(fused.buffers(), ref.buffers()):
             assert rel_err(a, r) < 1e-10, step
+        yield ops, ref_ops
+
+
+@pytest.mark.parametrize('norm_eval', [False, True])
+def test_fused_training_matches_pytorch_path(norm_eval, monkeypatch):
+    """With autograd on, the light branch, its BatchNorm (batch statistics,
+    or running ones under norm_eval) and the residual add run as one op:
+    same outputs, gradients and running statistics as the modules."""
+    fused = _model('MRLALight').double()
+    fused.norm_eval = norm_eval
+    for ops, ref_ops in _compare_training_steps(fused, monkeypatch):
         # ResNet-50's 53 own norms run as modules; the 16 MRLA norms
         # only in the PyTorch path.
         assert sum('batch_norm' in n for n in ref_ops) == 53 + 16
@@ -151,17 +160,9 @@ def test_fused_base_training_matches_pytorch_path(norm_eval, recompute,
     fused = fused.double()
     fused.norm_eval = norm_eval
     ref = copy.deepcopy(fused)
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    for step in range(2):
-        fused.train()
-        ref.train()
-        outs, grads, _ = _train_step(fused, x, 'compiled', monkeypatch)
-        ref_outs, ref_grads, _ = _train_step(ref, x, 'pytorch', monkeypatch)
-        for a, r in zip(outs + grads, ref_outs + ref_grads):
-            assert rel_err(a, r) < 1e-10, step
-        for a, r in zip(fused.buffers(), ref.buffers()):
-            assert rel_err(a, r) < 1e-10, step
+    list(_compare_training_steps(fused, monkeypatch))
     # Per block the readout, the norm's output (and the value map).
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     kept, _ = _saved_maps(fused, x, 'compiled', monkeypatch)
     ref_kept, _ = _saved_maps(ref, x, 'pytorch', monkeypatch)
     assert len(ref_kept) - len(kept) == (3 if recompute else 2) * 16

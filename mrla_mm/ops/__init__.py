@@ -2,6 +2,7 @@
 from .checks import (
                      check_feature_map,
                      check_kernel_size,
+                     check_norm_excludes_fold,
                      check_value_act,
                      resolve_heads,
 )
@@ -22,8 +23,8 @@ from .residual_relu_pool import residual_relu_pool
 
 __all__ = [
     'adaptive_kernel_size', 'check_feature_map', 'check_kernel_size',
-    'check_value_act', 'base_weights', 'channel_conv1d',
-    'channel_descriptor', 'head_scores', 'light_gate',
+    'check_norm_excludes_fold', 'check_value_act', 'base_weights',
+    'channel_conv1d', 'channel_descriptor', 'head_scores', 'light_gate',
     'mrla_base_batch_norm', 'mrla_base_readout',
     'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value',
     'residual_relu_pool', 'resolve_heads'

@@ -77,3 +77,28 @@ def check_feature_map(x: Tensor, channels: int, name: str = 'x') -> None:
     if x.shape[1] != channels:
         raise ValueError(f'{name} must have {channels} channels (dim 1), got '
                          f'shape {tuple(x.shape)}')
+
+
+def check_batch_norm_input(x: Tensor, running_mean: Optional[Tensor],
+                           running_var: Optional[Tensor],
+                           training: bool) -> None:
+    """What :func:`torch.nn.functional.batch_norm` needs of a fused op's
+    norm: running statistics to normalise with when not ``training``, more
+    than one value per channel of ``x`` when ``training``."""
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError('running_mean and running_var are required when '
+                         'training=False')
+    if training and x.numel() // x.shape[1] <= 1:
+        raise ValueError('Expected more than 1 value per channel when '
+                         f'training, got input size {tuple(x.shape)}')
+
+
+def check_norm_excludes_fold(norm, scale: Optional[Tensor],
+                             add_input: bool) -> None:
+    """A layer given a norm module applies it and adds its input itself: a
+    folded norm (``scale``/``shift``) or ``add_input`` on top is an error."""
+    if norm is not None and (scale is not None or add_input):
+        given = 'set' if scale is not None else None
+        raise ValueError('norm replaces scale, shift and add_input; got '
+                         f'norm={type(norm).__name__} with scale={given}, '
+                         f'add_input={add_input}')

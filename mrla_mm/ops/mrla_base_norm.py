@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-from .checks import check_value_act
+from .checks import check_batch_norm_input, check_value_act
 from .ext_loader import use_compiled
 from .mrla_base import _fused_inference, readout_backward
 from .mrla_math import base_combine, base_weights, mrla_value
@@ -247,12 +247,7 @@ def mrla_base_batch_norm(
         raise ValueError(f'keys hold {keys.shape[1]} layers but values hold '
                          f'{len(values)}')
     _check_sources(values, sources, kernels)
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError('running_mean and running_var are required when '
-                         'training=False')
-    if training and x.numel() // x.shape[1] <= 1:
-        raise ValueError('Expected more than 1 value per channel when '
-                         f'training, got input size {tuple(x.shape)}')
+    check_batch_norm_input(x, running_mean, running_var, training)
     weights = base_weights(q, keys, num_heads)
     if not use_compiled('mrla_base_batch_norm', (x, *values)):
         return mrla_base_batch_norm_pytorch(x, weights, values, running_mean,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-from .checks import check_value_act
+from .checks import check_batch_norm_input, check_value_act
 from .ext_loader import acc_dtype, load_ext, map_format, use_compiled
 from .mrla_light import (
     ACT_CODES,
@@ -198,9 +198,7 @@ def mrla_light_batch_norm(x: Tensor,
         Tensor: ``[B, C, H, W]`` in the memory format of ``x``.
     """
     check_value_act(value_act)
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError('running_mean and running_var are required when '
-                         'training=False')
+    check_batch_norm_input(x, running_mean, running_var, training)
     if not use_compiled('mrla_light_batch_norm', (x, o_prev)):
         return mrla_light_batch_norm_pytorch(x, value_weight, gate, lambda_t,
                                              o_prev, value_act, running_mean,
@@ -210,9 +208,6 @@ def mrla_light_batch_norm(x: Tensor,
     if training:
         ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
         mean, var, count = _batch_moments(ops, ACT_CODES[value_act])
-        if count <= 1:
-            raise ValueError('Expected more than 1 value per channel when '
-                             f'training, got input size {tuple(x.shape)}')
         if running_mean is not None:
             with torch.no_grad():
                 running_mean.mul_(1 - momentum).add_(

@@ -10,6 +10,7 @@ from mrla_mm.ops import (
     channel_descriptor,
     check_feature_map,
     check_kernel_size,
+    check_norm_excludes_fold,
     check_value_act,
     mrla_base_batch_norm,
     mrla_base_readout,
@@ -123,11 +124,7 @@ class MRLABase(BaseModule):
         if not isinstance(cache, MRLACache):
             raise TypeError('cache must be an MRLACache, got '
                             f'{type(cache).__name__}')
-        if norm is not None and (scale is not None or add_input):
-            given = 'set' if scale is not None else None
-            raise ValueError('norm replaces scale, shift and add_input; got '
-                             f'norm={type(norm).__name__} with '
-                             f'scale={given}, add_input={add_input}')
+        check_norm_excludes_fold(norm, scale, add_input)
         y = channel_descriptor(x) if descriptor is None else descriptor
         q = channel_conv1d(y, self.query_conv.weight)
         kernel = self.value_conv.weight

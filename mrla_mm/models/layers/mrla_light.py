@@ -10,6 +10,7 @@ from mrla_mm.ops import (
     channel_descriptor,
     check_feature_map,
     check_kernel_size,
+    check_norm_excludes_fold,
     check_value_act,
     light_gate,
     mrla_light_batch_norm,
@@ -114,12 +115,8 @@ class MRLALight(BaseModule):
         if o_prev.shape != x.shape:
             raise ValueError(f'o_prev must have the shape of x '
                              f'{tuple(x.shape)}, got {tuple(o_prev.shape)}')
+        check_norm_excludes_fold(norm, scale, add_input)
         if norm is not None:
-            if scale is not None or add_input:
-                given = 'set' if scale is not None else None
-                raise ValueError('norm replaces scale, shift and add_input; '
-                                 f'got norm={type(norm).__name__} with '
-                                 f'scale={given}, add_input={add_input}')
             return mrla_light_batch_norm(
                 x, self.value_conv.weight, self.gate(x, descriptor),
                 self.lambda_t, o_prev, self.value_act,
