@@ -7,6 +7,12 @@ import torch
 # The tests' own reference implementation lives next to them.
 sys.path.insert(0, osp.dirname(__file__))
 
+# The tests compare float32 paths to float32 rounding; on a GPU, TF32
+# convolutions and matrix products (cuDNN's default) would round each
+# product to 10 mantissa bits and hide or fake differences of that size.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

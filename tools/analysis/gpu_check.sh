@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU checks of docs/benchmarks.md in one go, for a machine with a GPU:
+# builds the CUDA ops in place, runs the op tests' CUDA cases, then the
+# GPU benchmarks. Each step's full log goes to OUT_DIR (first argument,
+# default work_dirs/gpu_check); the tail of each is printed. Steps run on
+# after a failure (a failed build fails the tests, which say why) and the
+# script exits non-zero if any failed.
+#
+#   bash tools/analysis/gpu_check.sh [OUT_DIR]
+#
+# PYTHON picks the interpreter (default python3), TORCH_CUDA_ARCH_LIST the
+# GPU architectures to build for (default 9.0, Hopper), SANITIZE=1 adds a
+# compute-sanitizer memcheck of the gradient checks.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT_DIR=${1:-work_dirs/gpu_check}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT_DIR"
+failed=()
+
+step() {
+    local name=$1 limit=$2 lines=$3
+    shift 3
+    local start=$(date +%s)
+    timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+    local rc=$?
+    echo "[gpu_check] $name: exit $rc after $(($(date +%s) - start)) s"
+    tail -n "$lines" "$OUT_DIR/$name.log"
+    [ "$rc" -eq 0 ] || failed+=("$name")
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
+
+step build 300 3 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+    MAX_JOBS="$(nproc)" $PY setup.py build_ext --inplace
+
+# The op tests parametrize their device; -k cuda keeps the GPU cases.
+xdist=()
+$PY -c 'import xdist' 2>/dev/null && xdist=(-n 8)
+step tests 240 15 $PY -m pytest -q -p no:cacheprovider "${xdist[@]}" -k cuda \
+    tests/test_ops_mrla.py tests/test_ops_light_norm.py \
+    tests/test_ops_base_norm.py tests/test_fused_inference.py
+
+for dtype in bfloat16 float32; do
+    step "ops_$dtype" 90 40 $PY tools/analysis/benchmark_ops.py --device cuda \
+        --dtype "$dtype" --shapes det_c2 layer1 --formats nchw cl --repeats 30
+done
+
+step backbone_light 120 8 $PY tools/analysis/benchmark_backbone.py \
+    --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
+    --warmup 3 --variants plain light light-pytorch
+step backbone_base 120 8 $PY tools/analysis/benchmark_backbone.py \
+    --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
+    --warmup 3 --variants plain base base-keep base-pytorch
+step memory_r101 120 9 $PY tools/analysis/benchmark_backbone.py \
+    --device cuda --depth 101 --batch 8 --modes infer --repeats 1 \
+    --warmup 0 --memory --variants plain light base base-keep base-pytorch
+
+if [ "${SANITIZE:-0}" = 1 ]; then
+    step memcheck 100 6 compute-sanitizer --tool memcheck --error-exitcode 9 \
+        $PY -m pytest -q -p no:cacheprovider -k 'cuda and gradcheck' \
+        tests/test_ops_mrla.py
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "[gpu_check] failed: ${failed[*]}"
+    exit 1
+fi
+echo "[gpu_check] all steps passed"
