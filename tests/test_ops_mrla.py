@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mrla_mm.ops import ext_loader, mrla_math
@@ -331,6 +332,38 @@ def test_auto_prefers_pytorch_where_it_is_faster(case, monkeypatch,
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs.count(f'mrla_light_core: pure-PyTorch path, since {reason}'
                       ) == 1, msgs
+
+
+def test_auto_prefers_pytorch_for_cuda_channels_last():
+    """On CUDA, auto leaves channels_last maps to PyTorch for the ops whose
+    kernels reduce one plane per block (measured slower there), and the
+    MRLA-base readout only when autograd records; NCHW maps and CPU maps
+    are not its concern. Fake tensors stand in for CUDA ones."""
+    reason = 'channels_last maps run faster through PyTorch on CUDA'
+    with FakeTensorMode():
+        maps = {
+            (dev, fmt): torch.empty(2, 8, 5, 5, device=dev).contiguous(
+                memory_format=fmt)
+            for dev in ('cpu', 'cuda') for fmt in FORMATS
+        }
+        cl = maps['cuda', torch.channels_last]
+        for op in ext_loader.CUDA_CL_SLOWER:
+            assert ext_loader.cuda_preference(op, (cl, )) == reason
+            for fmt in FORMATS:
+                assert ext_loader.cuda_preference(
+                    op, (maps['cpu', fmt], )) is None
+            # One channels_last map among the inputs is enough.
+            assert ext_loader.cuda_preference(
+                op, (maps['cuda', torch.contiguous_format], cl)) == reason
+            assert ext_loader.cuda_preference(
+                op, (maps['cuda', torch.contiguous_format], )) is None
+        assert ext_loader.cuda_preference('mrla_base_readout', (cl, )) is None
+        grad_cl = cl.clone().requires_grad_()
+        assert ext_loader.cuda_preference('mrla_base_readout',
+                                          (grad_cl, )) == reason
+        with torch.no_grad():
+            assert ext_loader.cuda_preference('mrla_base_readout',
+                                              (grad_cl, )) is None
 
 
 def test_fallback_is_logged_once(monkeypatch, caplog):

@@ -11,8 +11,11 @@ cannot serve a call).
 kernels were measured slower than PyTorch's own (docs/benchmarks.md):
 channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
 pixels (:data:`CPU_MIN_PLANE_OF_OP` for ops with more passes), where the
-per-plane set-up of the kernels outweighs the work.
-``compiled`` runs the kernels on them all the same.
+per-plane set-up of the kernels outweighs the work; and the CUDA
+channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
+:data:`CUDA_CL_SLOWER_WITH_GRAD` when autograd records), measured slower
+than PyTorch on an H200. ``compiled`` runs the kernels on them all the
+same.
 """
 import importlib
 import logging
@@ -33,6 +36,14 @@ CPU_MIN_PLANE = 16
 # training branch (four passes) loses to the unfused ops at 7x7 and wins
 # from 14x14 on.
 CPU_MIN_PLANE_OF_OP = dict(mrla_light_batch_norm=100)
+# Ops whose CUDA kernels reduce one (b, c) plane per thread block: on
+# channels_last maps that is a walk with a stride of C elements, 3x-6x
+# slower than PyTorch (H200, docs/benchmarks.md). The MRLA-base readout's
+# forward is elementwise and faster than PyTorch; its backward reduces.
+CUDA_CL_SLOWER = ('mrla_light_core', 'mrla_light_batch_norm',
+                  'mrla_value_map', 'residual_relu_pool',
+                  'mrla_base_batch_norm')
+CUDA_CL_SLOWER_WITH_GRAD = ('mrla_base_readout', )
 
 _ext = None
 _ext_error: Optional[str] = None
@@ -97,6 +108,20 @@ def cpu_preference(maps: Iterable[torch.Tensor],
     return None
 
 
+def cuda_preference(op: str,
+                    maps: Iterable[torch.Tensor]) -> Optional[str]:
+    """Why PyTorch's CUDA kernels are faster for ``op`` on these maps,
+    or None."""
+    maps = list(maps)
+    if not any(t.device.type == 'cuda' and t.dim() == 4 and map_format(t)
+               is torch.channels_last for t in maps):
+        return None
+    if op in CUDA_CL_SLOWER or (op in CUDA_CL_SLOWER_WITH_GRAD
+                                and needs_autograd(*maps)):
+        return 'channels_last maps run faster through PyTorch on CUDA'
+    return None
+
+
 def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
     """Whether ``op`` runs compiled on ``maps``; logs the choice once."""
     backend = ops_backend()
@@ -107,8 +132,10 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
     maps = list(maps)
     reason = unsupported_reason(maps)
     min_plane = CPU_MIN_PLANE_OF_OP.get(op, CPU_MIN_PLANE)
-    preference = (cpu_preference(maps, min_plane)
-                  if backend == 'auto' else None)
+    preference = None
+    if backend == 'auto':
+        preference = (cpu_preference(maps, min_plane)
+                      or cuda_preference(op, maps))
     if reason is None and preference is not None:
         _log_once(f'{op}:{preference}', logging.INFO,
                   f'{op}: pure-PyTorch path, since {preference}')

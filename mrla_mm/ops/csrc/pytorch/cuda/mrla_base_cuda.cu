@@ -8,14 +8,18 @@
 
 namespace {
 
-// Device array of the maps' data pointers (T entries, copied once).
+// Device array of the maps' data pointers (T entries). Staged in pinned
+// memory and copied without blocking: a copy from pageable memory would
+// make the host wait for the stream at every call. The caching host
+// allocator keeps the staging buffer until the copy has run.
 Tensor device_pointers(const std::vector<Tensor>& maps) {
-  Tensor ptrs = at::empty({static_cast<int64_t>(maps.size())}, at::kLong);
+  Tensor ptrs = at::empty({static_cast<int64_t>(maps.size())},
+                          at::TensorOptions(at::kLong).pinned_memory(true));
   int64_t* p = ptrs.mutable_data_ptr<int64_t>();
   for (size_t s = 0; s < maps.size(); ++s) {
     p[s] = reinterpret_cast<int64_t>(maps[s].data_ptr());
   }
-  return ptrs.to(maps[0].device());
+  return ptrs.to(maps[0].device(), /*non_blocking=*/true);
 }
 
 }  // namespace
