@@ -20,16 +20,17 @@ def test_backbone_benchmark_table_and_memory():
     out = subprocess.run(
         [sys.executable, 'tools/analysis/benchmark_backbone.py', '--batch',
          '2', '--size', '64', '--threads', '1', '--warmup', '0',
-         '--repeats', '1', '--amp', 'bf16', '--memory', '--variants',
-         'plain', 'light', 'base'],
+         '--repeats', '1', '--amp', 'bf16', '--memory', '--ops',
+         '--variants', 'plain', 'light', 'base'],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr
     assert 'autocast bf16' in out.stdout and 'malloc:' in out.stdout
     rows = _rows(out.stdout)
     assert list(rows) == ['plain', 'light', 'base']
-    # infer s, ratio, train s, ratio, saved MiB, ratio, peak MiB, ratio
+    # infer s, ratio, train s, ratio, saved MiB, ratio, peak MiB, ratio,
+    # ops, ratio
     assert rows['plain'][1] == '1.000x' and rows['plain'][5] == '1.000x'
-    assert rows['plain'][7] == '1.000x'
+    assert rows['plain'][7] == '1.000x' and rows['plain'][9] == '1.000x'
     saved = {v: float(r[4]) for v, r in rows.items()}
     peak = {v: float(r[6]) for v, r in rows.items()}
     # MRLA keeps more for the backward than the plain network; base
@@ -37,3 +38,8 @@ def test_backbone_benchmark_table_and_memory():
     assert saved['plain'] < saved['light']
     assert saved['plain'] < saved['base']
     assert 0 < peak['plain'] < peak['light'] < peak['base']
+    # ResNet-50's training step: 53 convolutions and norms, each with its
+    # backward, at least; every MRLA block adds its own calls.
+    ops = {v: int(r[8]) for v, r in rows.items()}
+    assert 4 * 53 < ops['plain'] < ops['light'] and ops['plain'] < ops['base']
+    assert rows['light'][9] == f"{ops['light'] / ops['plain']:.3f}x"

@@ -17,6 +17,12 @@ resident set:
   tensors plus the transient ones, such as an MRLA-base stage's value
   maps while its forward runs, and the gradients.
 
+With ``--ops`` it adds the number of ATen operator calls of a training
+forward and backward (views and the gradients' accumulation included):
+each is a trip through the dispatcher, and on a GPU most are a kernel
+launch, so where the GPU outruns the host (small or fast steps) the step
+time follows this count rather than the bytes moved.
+
 Example::
 
     python tools/analysis/benchmark_backbone.py --batch 8 --size 224 \\
@@ -30,6 +36,7 @@ import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 VARIANTS = ('plain', 'light', 'base', 'light-pytorch', 'base-pytorch',
             'base-keep')
@@ -57,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument('--memory', action='store_true',
                    help='also measure the saved and the peak tensor memory '
                    'of a training step')
+    p.add_argument('--ops', action='store_true',
+                   help='also count the ATen operator calls of a training '
+                   'forward and backward')
     p.add_argument('--json', help='write the results to this file')
     return p.parse_args(argv)
 
@@ -188,7 +198,29 @@ def peak_step_mib(args, variant):
     return peak / 2**20
 
 
-def print_table(args, results, memory):
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operator calls below autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def step_op_calls(args, variant):
+    """ATen operator calls of one training forward and backward."""
+    r = Runner(variant, args)
+    r.model.train()
+    x = make_input(args)
+    with r, OpCounter() as counter:
+        sum(o.float().mean() for o in r.model(x)).backward()
+    return counter.calls
+
+
+def print_table(args, results, memory, ops=None):
     load = os.getloadavg()
     device = (torch.cuda.get_device_name(args.device)
               if torch.device(args.device).type == 'cuda' else
@@ -212,6 +244,9 @@ def print_table(args, results, memory):
     if memory:
         head += (' saved MiB | saved / plain | peak MiB | peak / plain |')
         rule += '---|---|---|---|'
+    if ops:
+        head += ' ops | ops / plain |'
+        rule += '---|---|'
     print(head)
     print(rule)
     for v in args.variants:
@@ -223,6 +258,10 @@ def print_table(args, results, memory):
             for m, ref in zip(memory[v], memory.get('plain', (None, None))):
                 row += f' {m:.0f} | ' + (f'{m / ref:.3f}x |'
                                          if ref else '- |')
+        if ops:
+            ref = ops.get('plain')
+            row += f' {ops[v]} | ' + (f'{ops[v] / ref:.3f}x |'
+                                      if ref else '- |')
         print(row)
 
 
@@ -234,11 +273,13 @@ def main(argv=None):
         v: (saved_activation_mib(args, v), peak_step_mib(args, v))
         for v in args.variants
     } if args.memory else None
-    print_table(args, results, memory)
+    ops = {v: step_op_calls(args, v)
+           for v in args.variants} if args.ops else None
+    print_table(args, results, memory, ops)
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(args=vars(args), times=results, memory=memory), f,
-                      indent=2)
+            json.dump(dict(args=vars(args), times=results, memory=memory,
+                           ops=ops), f, indent=2)
 
 
 if __name__ == '__main__':
