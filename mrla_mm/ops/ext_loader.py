@@ -14,8 +14,9 @@ pixels (:data:`CPU_MIN_PLANE_OF_OP` for ops with more passes), where the
 per-plane set-up of the kernels outweighs the work; and the CUDA
 channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
 :data:`CUDA_CL_SLOWER_WITH_GRAD` when autograd records), measured slower
-than PyTorch on an H200. ``compiled`` runs the kernels on them all the
-same.
+than PyTorch on an H200. Under ``torch.compile``, ``auto`` takes the
+PyTorch path, which the compiler traces into kernels of its own.
+``compiled`` runs the kernels in all these cases all the same.
 """
 import importlib
 import logging
@@ -71,7 +72,8 @@ def ops_backend() -> str:
 
 
 def _log_once(key: str, level: int, msg: str) -> None:
-    if key not in _logged:
+    # A logging call inside a torch.compile trace would split its graph.
+    if key not in _logged and not torch.compiler.is_compiling():
         _logged.add(key)
         logger.log(level, msg)
 
@@ -125,6 +127,10 @@ def cuda_preference(op: str,
 def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
     """Whether ``op`` runs compiled on ``maps``; logs the choice once."""
     backend = ops_backend()
+    if backend == 'auto' and torch.compiler.is_compiling():
+        # torch.compile traces the composition and generates kernels of
+        # its own; the extension would split its graph.
+        return False
     if backend == 'pytorch':
         _log_once(f'{op}:env', logging.INFO,
                   f'{op}: pure-PyTorch path (MRLA_OPS_BACKEND=pytorch)')

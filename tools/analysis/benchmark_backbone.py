@@ -64,6 +64,11 @@ def parse_args(argv=None):
     p.add_argument('--memory', action='store_true',
                    help='also measure the saved and the peak tensor memory '
                    'of a training step')
+    p.add_argument('--compile',
+                   choices=('default', 'reduce-overhead', 'max-autotune'),
+                   help='time the models under torch.compile in this mode '
+                   '(MRLA then runs its PyTorch composition, which the '
+                   'compiler fuses; memory and ops stay eager)')
     p.add_argument('--ops', action='store_true',
                    help='also count the ATen operator calls of a training '
                    'forward and backward')
@@ -98,6 +103,12 @@ class Runner:
                if args.channels_last else torch.contiguous_format)
         self.model = self.model.to(args.device, memory_format=fmt)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4)
+        # The timed calls go through the compiled module, if any; it shares
+        # the model's parameters and its train/eval switch.
+        self.step_model = self.model if args.compile is None else (
+            torch.compile(
+                self.model,
+                mode=None if args.compile == 'default' else args.compile))
         self.autocast = torch.autocast(
             torch.device(args.device).type,
             dtype=dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.amp),
@@ -114,13 +125,13 @@ class Runner:
     def infer(self, x):
         self.model.eval()
         with self, torch.no_grad():
-            self.model(x)
+            self.step_model(x)
 
     def train(self, x):
         self.model.train()
         with self:
             self.opt.zero_grad(set_to_none=True)
-            out = self.model(x)
+            out = self.step_model(x)
             sum(o.float().mean() for o in out).backward()
             self.opt.step()
 
@@ -222,12 +233,15 @@ def step_op_calls(args, variant):
 
 def print_table(args, results, memory, ops=None):
     load = os.getloadavg()
+    run = ('eager' if args.compile is None else
+           f'torch.compile {args.compile}')
     device = (torch.cuda.get_device_name(args.device)
               if torch.device(args.device).type == 'cuda' else
               f'cpu, {args.threads} threads')
     print(f'ResNet-{args.depth}, batch {args.batch}x{args.size}x'
           f'{args.size}, {device}, autocast {args.amp or "off"}, '
-          f'{"channels_last" if args.channels_last else "NCHW"}, median of '
+          f'{"channels_last" if args.channels_last else "NCHW"}, {run}, '
+          'median of '
           f'{args.repeats} after {args.warmup} warm-up, torch '
           f'{torch.__version__}; load average {load[0]:.2f} '
           f'{load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs')

@@ -9,7 +9,8 @@
 #   bash tools/analysis/gpu_check.sh [OUT_DIR]
 #
 # PYTHON picks the interpreter (default python3), TORCH_CUDA_ARCH_LIST the
-# GPU architectures to build for (default 9.0, Hopper), SANITIZE=1 adds a
+# GPU architectures to build for (default 9.0, Hopper), OPS_DTYPES the
+# dtypes of the op benchmark (default bfloat16), SANITIZE=1 adds a
 # compute-sanitizer memcheck of the gradient checks.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,7 +43,7 @@ step tests 240 15 $PY -m pytest -q -p no:cacheprovider "${xdist[@]}" -k cuda \
     tests/test_ops_mrla.py tests/test_ops_light_norm.py \
     tests/test_ops_base_norm.py tests/test_fused_inference.py
 
-for dtype in bfloat16 float32; do
+for dtype in ${OPS_DTYPES:-bfloat16}; do
     step "ops_$dtype" 90 40 $PY tools/analysis/benchmark_ops.py --device cuda \
         --dtype "$dtype" --shapes det_c2 layer1 --formats nchw cl --repeats 30
 done
@@ -53,6 +54,11 @@ step backbone_light 120 8 $PY tools/analysis/benchmark_backbone.py \
 step backbone_base 120 8 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
     --warmup 3 --variants plain base base-keep base-pytorch
+# The host issues an eager step's kernels about as fast as the GPU runs
+# them: compiled (CUDA graphs) against compiled plain ResNet-50.
+step backbone_compiled 300 8 $PY tools/analysis/benchmark_backbone.py \
+    --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
+    --warmup 3 --compile reduce-overhead --variants plain light base
 step memory_r101 120 9 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --depth 101 --batch 8 --modes infer --repeats 1 \
     --warmup 0 --memory --variants plain light base base-keep base-pytorch
