@@ -72,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument('--ops', action='store_true',
                    help='also count the ATen operator calls of a training '
                    'forward and backward')
+    p.add_argument('--profile', type=int, metavar='N',
+                   help='also profile one training step of each variant '
+                   'and print its N most expensive ops (device time on a '
+                   'GPU, host time on the CPU) and its kernel launches')
     p.add_argument('--json', help='write the results to this file')
     return p.parse_args(argv)
 
@@ -151,6 +155,11 @@ def synchronize(args):
 
 
 def time_variants(args):
+    if args.compile is not None:
+        # One graph per variant and mode, all on the same forward code:
+        # more than dynamo's default number of graphs per code object.
+        torch._dynamo.config.recompile_limit = max(
+            torch._dynamo.config.recompile_limit, 2 * len(args.variants))
     x = make_input(args)
     runners = [Runner(v, args) for v in args.variants]
     results = {}
@@ -231,6 +240,32 @@ def step_op_calls(args, variant):
     return counter.calls
 
 
+def profile_step(args, variant, top):
+    """Print the ``top`` ops of one training step of ``variant`` by their
+    own time (device time on a GPU), from ``torch.profiler``, after two
+    warm-up steps."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.device(args.device).type == 'cuda'
+    r = Runner(variant, args)
+    x = make_input(args)
+    for _ in range(2):
+        r.train(x)
+    synchronize(args)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if cuda else [])
+    with profile(activities=activities) as prof:
+        r.train(x)
+        synchronize(args)
+    stats = prof.key_averages()
+    # Each launch is host time the GPU may wait for.
+    launches = sum(e.count for e in stats if 'LaunchKernel' in e.key)
+    print(f'\n{variant}: one training step, '
+          f'{launches if cuda else "no"} kernel launches')
+    print(stats.table(
+        sort_by='self_device_time_total' if cuda else 'self_cpu_time_total',
+        row_limit=top))
+
+
 def print_table(args, results, memory, ops=None):
     load = os.getloadavg()
     run = ('eager' if args.compile is None else
@@ -290,6 +325,9 @@ def main(argv=None):
     ops = {v: step_op_calls(args, v)
            for v in args.variants} if args.ops else None
     print_table(args, results, memory, ops)
+    if args.profile:
+        for v in args.variants:
+            profile_step(args, v, args.profile)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(args=vars(args), times=results, memory=memory,

@@ -26,7 +26,10 @@ step() {
     timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
     local rc=$?
     echo "[gpu_check] $name: exit $rc after $(($(date +%s) - start)) s"
-    tail -n "$lines" "$OUT_DIR/$name.log"
+    # A benchmark's markdown table, else (or after a failure) the log's end.
+    if [ "$rc" -ne 0 ] || ! grep -E '^\|' "$OUT_DIR/$name.log"; then
+        tail -n "$lines" "$OUT_DIR/$name.log"
+    fi
     [ "$rc" -eq 0 ] || failed+=("$name")
 }
 
@@ -48,9 +51,10 @@ for dtype in ${OPS_DTYPES:-bfloat16}; do
         --dtype "$dtype" --shapes det_c2 layer1 --formats nchw cl --repeats 30
 done
 
-step backbone_light 120 8 $PY tools/analysis/benchmark_backbone.py \
+# --ops and --profile: where the step's time goes (host or device).
+step backbone_light 150 8 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
-    --warmup 3 --variants plain light light-pytorch
+    --warmup 3 --ops --profile 25 --variants plain light light-pytorch
 step backbone_base 120 8 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
     --warmup 3 --variants plain base base-keep base-pytorch
