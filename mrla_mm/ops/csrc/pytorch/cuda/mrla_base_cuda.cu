@@ -1,5 +1,6 @@
 // Launchers of the MRLA-base CUDA kernels.
 #include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 
 #include <vector>
 
@@ -13,6 +14,13 @@ namespace {
 // make the host wait for the stream at every call. The caching host
 // allocator keeps the staging buffer until the copy has run.
 Tensor device_pointers(const std::vector<Tensor>& maps) {
+  // A CUDA graph would replay the copy from a staging buffer that the
+  // allocator has since handed out again.
+  TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() ==
+                  c10::cuda::CaptureStatus::None,
+              "the compiled MRLA-base ops cannot be captured in a CUDA "
+              "graph: use torch.compile (MRLA_OPS_BACKEND=auto then traces "
+              "the PyTorch path) or MRLA_OPS_BACKEND=pytorch");
   Tensor ptrs = at::empty({static_cast<int64_t>(maps.size())},
                           at::TensorOptions(at::kLong).pinned_memory(true));
   int64_t* p = ptrs.mutable_data_ptr<int64_t>();
