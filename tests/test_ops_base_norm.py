@@ -224,7 +224,7 @@ def test_bad_arguments_are_named():
                              sources=[sources[0], torch.zeros(1, 4, 2, 1)],
                              kernels=kernels, running_mean=rm,
                              running_var=rv)
-    with pytest.raises(ValueError, match='sources and kernels are given '
+    with pytest.raises(ValueError, match='sources and kernels must be given '
                        'together or not at all, got sources=list, '
                        'kernels=NoneType'):
         mrla_base_batch_norm(x, q, keys, values, 1, sources=sources,

@@ -1,6 +1,7 @@
 """Layer-attention ops of MRLA. Importable with torch alone."""
 from .checks import (
                      check_feature_map,
+                     check_given_together,
                      check_kernel_size,
                      check_norm_excludes_fold,
                      check_value_act,
@@ -22,8 +23,9 @@ from .mrla_math import (
 from .residual_relu_pool import residual_relu_pool
 
 __all__ = [
-    'adaptive_kernel_size', 'check_feature_map', 'check_kernel_size',
-    'check_norm_excludes_fold', 'check_value_act', 'base_weights',
+    'adaptive_kernel_size', 'check_feature_map', 'check_given_together',
+    'check_kernel_size', 'check_norm_excludes_fold', 'check_value_act',
+    'base_weights',
     'channel_conv1d', 'channel_descriptor', 'head_scores', 'light_gate',
     'mrla_base_batch_norm', 'mrla_base_readout',
     'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value',

@@ -58,13 +58,19 @@ def check_value_act(value_act: str) -> str:
     return value_act
 
 
+def check_given_together(first: str, a, second: str, b) -> None:
+    """Require the arguments named ``first`` and ``second`` (values ``a``
+    and ``b``) both or neither."""
+    if (a is None) != (b is None):
+        raise ValueError(f'{first} and {second} must be given together or '
+                         f'not at all, got {first}={type(a).__name__}, '
+                         f'{second}={type(b).__name__}')
+
+
 def check_folded_norm(scale: Optional[Tensor],
                       shift: Optional[Tensor]) -> None:
     """Require a folded norm's ``scale`` and ``shift`` both or neither."""
-    if (scale is None) != (shift is None):
-        raise ValueError('scale and shift must be given together, got '
-                         f'scale={"set" if scale is not None else None}, '
-                         f'shift={"set" if shift is not None else None}')
+    check_given_together('scale', scale, 'shift', shift)
 
 
 def check_feature_map(x: Tensor, channels: int, name: str = 'x') -> None:

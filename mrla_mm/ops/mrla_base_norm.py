@@ -21,7 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-from .checks import check_batch_norm_input, check_value_act
+from .checks import (
+    check_batch_norm_input,
+    check_given_together,
+    check_value_act,
+)
 from .ext_loader import use_compiled
 from .mrla_base import _fused_inference, readout_backward
 from .mrla_math import base_combine, base_weights, mrla_value
@@ -172,10 +176,7 @@ def _differentiable_backward(ctx, grad_out, weights, weight, bias,
 
 
 def _check_sources(values, sources, kernels) -> None:
-    if (sources is None) != (kernels is None):
-        raise ValueError('sources and kernels are given together or not at '
-                         f'all, got sources={type(sources).__name__}, '
-                         f'kernels={type(kernels).__name__}')
+    check_given_together('sources', sources, 'kernels', kernels)
     if sources is None:
         return
     if not len(values) == len(sources) == len(kernels):

@@ -198,16 +198,22 @@ def saved_activation_mib(args, variant):
     return sum(storages.values()) / 2**20
 
 
+def eager_training_pass(args, variant, context):
+    """One training forward and backward of a fresh model of ``variant``
+    (eager, no optimizer step) inside ``context``."""
+    r = Runner(variant, args)
+    r.model.train()
+    x = make_input(args)
+    with r, context:
+        sum(o.float().mean() for o in r.model(x)).backward()
+
+
 def peak_step_mib(args, variant):
     """MiB of the most tensor memory live during one training forward and
     backward, above what was live before them."""
     from torch.profiler import ProfilerActivity, profile
-    r = Runner(variant, args)
-    r.model.train()
-    x = make_input(args)
-    with r, profile(activities=[ProfilerActivity.CPU],
-                    profile_memory=True) as prof:
-        sum(o.float().mean() for o in r.model(x)).backward()
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    eager_training_pass(args, variant, prof)
     events = sorted((e.start_ns(), e.nbytes())
                     for e in prof.profiler.kineto_results.events()
                     if e.name() == '[memory]')
@@ -232,11 +238,8 @@ class OpCounter(TorchDispatchMode):
 
 def step_op_calls(args, variant):
     """ATen operator calls of one training forward and backward."""
-    r = Runner(variant, args)
-    r.model.train()
-    x = make_input(args)
-    with r, OpCounter() as counter:
-        sum(o.float().mean() for o in r.model(x)).backward()
+    counter = OpCounter()
+    eager_training_pass(args, variant, counter)
     return counter.calls
 
 

@@ -3,6 +3,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from mrla_mm.ops import check_given_together
+
 
 class MRLACache:
     """Keys and values of the layers of one MRLA-base group so far.
@@ -43,10 +45,7 @@ class MRLACache:
                 f'shape: the group started with {tuple(self.values[0].shape)},'
                 f' got {tuple(value.shape)}; start a new MRLACache where the '
                 'shape changes')
-        if (source is None) != (kernel is None):
-            raise ValueError('source and kernel are given together or not '
-                             f'at all, got source={type(source).__name__}, '
-                             f'kernel={type(kernel).__name__}')
+        check_given_together('source', source, 'kernel', kernel)
         if self.detach:
             key, value = key.detach(), value.detach()
             if source is not None:
