@@ -65,9 +65,10 @@ step backbone_base 120 8 $PY tools/analysis/benchmark_backbone.py \
     --warmup 3 --variants plain base base-keep base-pytorch
 # The host issues an eager step's kernels about as fast as the GPU runs
 # them: compiled (CUDA graphs) against compiled plain ResNet-50.
-step backbone_compiled 360 8 $PY tools/analysis/benchmark_backbone.py \
+step backbone_compiled 300 8 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
-    --warmup 3 --compile reduce-overhead --variants plain light
+    --warmup 3 --modes train --compile reduce-overhead \
+    --variants plain light
 step memory_r101 120 9 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --depth 101 --batch 8 --modes infer --repeats 1 \
     --warmup 0 --memory --variants plain light base base-keep base-pytorch
