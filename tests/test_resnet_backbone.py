@@ -175,3 +175,36 @@ def test_base_block_needs_stage():
     model = MRLAResNet(18, mrla_cfg=BASE)
     with pytest.raises(ValueError, match='needs the cache of its stage'):
         model.layer1[0](torch.rand(1, 64, 8, 8))
+
+
+@pytest.mark.parametrize('backend', ['pytorch', 'auto'])
+@pytest.mark.parametrize('cfg', [LIGHT, BASE])
+@pytest.mark.parametrize('train', [True, False])
+def test_autocast_keeps_maps_in_half_precision(cfg, backend, train,
+                                               monkeypatch):
+    """Under bfloat16 autocast every block, MRLA layer and norm returns
+    bfloat16 maps: MRLA's float32 factors (lambda, gates, softmax weights,
+    folded norms) must not promote the maps to float32 (twice the memory
+    traffic, and a cast back before each convolution)."""
+    monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
+    model = MRLAResNet(50, mrla_cfg=cfg, norm_eval=False, out_indices=(3, ))
+    model.train(train)
+    seen = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (MRLALight, MRLABase, _BatchNorm)) or (
+                name.count('.') == 1 and name.startswith('layer')):
+            module.register_forward_hook(
+                lambda m, a, o, n=name: seen.__setitem__(n, o.dtype))
+    with torch.autocast('cpu', dtype=torch.bfloat16), \
+            torch.set_grad_enabled(train):
+        out, = model(torch.rand(2, 3, 64, 64))
+    # 16 blocks and 16 MRLA layers; the fused ops apply some norms
+    # themselves (no hook call), the stem's and the blocks' remain.
+    assert sum(n.count('.') == 1 for n in seen) == 16
+    assert sum(n.endswith('.mrla') for n in seen) == 16
+    assert {n: d for n, d in seen.items() if d != torch.bfloat16} == {}
+    assert out.dtype == torch.bfloat16
+    if train:
+        out.float().square().mean().backward()
+        grads = [p.grad for p in model.layer1[1].mrla.parameters()]
+        assert grads and all(g.dtype == torch.float32 for g in grads)

@@ -105,28 +105,42 @@ def heads_to_channels(w: Tensor, channels: int) -> Tensor:
     return w.repeat_interleave(channels // w.shape[-1], dim=-1)
 
 
+# The map combinations below compute in the dtype of their maps: their
+# small factors (gates, lambda, folded norms, softmax weights) are float32
+# parameters or autocast outputs and would otherwise promote a bfloat16 or
+# float16 map, and everything after it, to float32 under autocast, as the
+# compiled ops never do. For float32 and float64 maps the casts are no-ops.
+
+
 def light_combine(v: Tensor, gate: Tensor, lambda_t: Tensor,
                   o_prev: Tensor) -> Tensor:
-    """``gate[b, g] * v + lambda[c] * o_prev`` on ``[B, C, H, W]`` maps."""
+    """``gate[b, g] * v + lambda[c] * o_prev`` on ``[B, C, H, W]`` maps,
+    in the dtype of ``v``."""
     c = v.shape[1]
-    g = heads_to_channels(gate, c)[:, :, None, None]
-    return torch.addcmul(v * g, lambda_t.view(1, c, 1, 1), o_prev)
+    g = heads_to_channels(gate.to(v.dtype), c)[:, :, None, None]
+    return torch.addcmul(v * g,
+                         lambda_t.to(v.dtype).view(1, c, 1, 1),
+                         o_prev.to(v.dtype))
 
 
 def channel_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``x * scale[c] + shift[c]`` on a ``[B, C, H, W]`` map: an eval-mode
-    BatchNorm folded into two vectors."""
+    """``x * scale[c] + shift[c]`` on a ``[B, C, H, W]`` map, in its dtype:
+    an eval-mode BatchNorm folded into two vectors."""
     c = x.shape[1]
-    return torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1))
+    return torch.addcmul(
+        shift.to(x.dtype).view(1, c, 1, 1), x,
+        scale.to(x.dtype).view(1, c, 1, 1))
 
 
 def base_combine(weights: Tensor, values: Sequence[Tensor]) -> Tensor:
-    """``sum_s weights[b, g, s] * values[s]`` over a list of ``[B, C, H, W]``.
+    """``sum_s weights[b, g, s] * values[s]`` over a list of ``[B, C, H, W]``,
+    in the dtype of the values.
 
     Reads each cached value in place; no concatenation of the history.
     """
     c = values[0].shape[1]
-    w = heads_to_channels(weights.transpose(1, 2), c)[..., None, None]
+    w = heads_to_channels(
+        weights.to(values[0].dtype).transpose(1, 2), c)[..., None, None]
     out = values[0] * w[:, 0]
     for s in range(1, len(values)):
         out = torch.addcmul(out, values[s], w[:, s])
