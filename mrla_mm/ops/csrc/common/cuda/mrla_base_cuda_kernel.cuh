@@ -28,24 +28,26 @@ __global__ void mrla_base_forward_cuda_kernel(
   }
 }
 
-// One (b, c) plane per block: value gradients and weight dot products.
+// Over tiles of the planes (MRLATiling): value gradients elementwise,
+// the tile's partial weight dot products into part [B * C, S, T_len].
 template <typename T, typename A, bool CL>
 __global__ void mrla_base_backward_cuda_kernel(
     const T* grad_out, const A* weights, const T* const* values,
-    T* const* grad_values, A* grad_weights_part, int64_t C, int64_t H,
-    int64_t W, int64_t G, int64_t T_len) {
-  const int64_t p = blockIdx.x, b = p / C, c = p % C;
-  const A* w = weights + (b * G + c / (C / G)) * T_len;
+    T* const* grad_values, A* part, MRLATiling tiling, int64_t H, int64_t W,
+    int64_t G, int64_t T_len) {
+  const MRLATile t = mrla_tile<CL>(tiling);
+  const int64_t C = tiling.C;
+  const A* w = weights + (t.b * G + (t.active ? t.c : 0) / (C / G)) * T_len;
   for (int64_t s = 0; s < T_len; ++s) {
     A dot = 0;
-    for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
-      const int64_t off = mrla_offset<CL>(b, c, i / W, i % W, C, H, W);
+    for (int64_t i = t.first; t.active && i < t.end; i += t.step) {
+      const int64_t off = mrla_offset<CL>(t.b, t.c, i / W, i % W, C, H, W);
       const A g = static_cast<A>(grad_out[off]);
       dot += g * static_cast<A>(values[s][off]);
       grad_values[s][off] = static_cast<T>(w[s] * g);
     }
-    dot = mrla_block_sum(dot);
-    if (threadIdx.x == 0) grad_weights_part[p * T_len + s] = dot;
+    dot = mrla_tile_sum<CL>(dot);
+    if (mrla_tile_writes<CL>(t)) part[mrla_tile_part(t, tiling, T_len) + s] = dot;
   }
 }
 

@@ -67,4 +67,123 @@ __device__ A mrla_block_sum(A v) {
   return r;
 }
 
+// Plane reductions (sums over the pixels of each (b, c) plane) run in
+// tiles, so that a few large planes still fill the GPU and a channels_last
+// map is read in coalesced rows. A tile is a slice of L pixels of one
+// sample and, NCHW, one channel (threads along the pixels) or,
+// channels_last, kMRLATileChannels neighbouring channels (a warp along the
+// channels, the block's warps along the pixels). Each tile writes partial
+// sums part[(b * C + c) * S + slice][K]; the slices are then added in a
+// fixed order, so the results do not depend on scheduling.
+constexpr int kMRLATileChannels = 32;
+
+struct MRLATiling {
+  int64_t C, HW;
+  int64_t groups;  // channel groups per sample: C (NCHW) or C / 32 rounded up
+  int64_t S, L;    // S slices of L pixels (the last may be shorter)
+};
+
+// Tiles for [B, C, HW] maps on the current GPU: enough slices for about
+// four waves of blocks, each thread summing >= 8 pixels.
+inline MRLATiling mrla_tiling(int64_t B, int64_t C, int64_t HW, bool cl) {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int64_t groups =
+      cl ? (C + kMRLATileChannels - 1) / kMRLATileChannels : C;
+  const int64_t rows = cl ? kMRLAThreads / kMRLATileChannels : kMRLAThreads;
+  const int64_t wanted = 4 * static_cast<int64_t>(sms) * 2048 / kMRLAThreads;
+  const int64_t by_gpu = (wanted + B * groups - 1) / (B * groups);
+  const int64_t by_work = (HW + 8 * rows - 1) / (8 * rows);
+  int64_t S = by_gpu < by_work ? by_gpu : by_work;
+  S = S < 1 ? 1 : S;
+  const int64_t L = (HW + S - 1) / S;
+  return {C, HW, groups, (HW + L - 1) / L, L};
+}
+
+inline int mrla_tile_blocks(const MRLATiling& t, int64_t B) {
+  return static_cast<int>(B * t.groups * t.S);
+}
+
+// This thread's part of the block's tile: pixels first, first + step, ...
+// below end of sample b, channel c (active: c exists).
+struct MRLATile {
+  int64_t b, c, slice, begin, end, first, step;
+  bool active;
+};
+
+template <bool CL>
+__device__ __forceinline__ MRLATile mrla_tile(const MRLATiling& t) {
+  MRLATile r;
+  const int64_t block = blockIdx.x, group = block / t.S;
+  r.slice = block % t.S;
+  r.b = group / t.groups;
+  r.begin = r.slice * t.L;
+  r.end = r.begin + t.L < t.HW ? r.begin + t.L : t.HW;
+  if (CL) {
+    r.c = (group % t.groups) * kMRLATileChannels +
+          threadIdx.x % kMRLATileChannels;
+    r.first = r.begin + threadIdx.x / kMRLATileChannels;
+    r.step = blockDim.x / kMRLATileChannels;
+    r.active = r.c < t.C;
+  } else {
+    r.c = group % t.groups;
+    r.first = r.begin + threadIdx.x;
+    r.step = blockDim.x;
+    r.active = true;
+  }
+  return r;
+}
+
+// Sum of v over the threads of the tile's channel (the whole block for
+// NCHW, one column of warps for channels_last), in a fixed order; every
+// thread gets its channel's result.
+template <bool CL, typename A>
+__device__ A mrla_tile_sum(A v) {
+  if (!CL) return mrla_block_sum(v);
+  __shared__ A buf[kMRLAThreads];
+  buf[threadIdx.x] = v;
+  __syncthreads();
+  A r = 0;
+  for (int k = threadIdx.x % kMRLATileChannels; k < kMRLAThreads;
+       k += kMRLATileChannels) {
+    r += buf[k];
+  }
+  __syncthreads();
+  return r;
+}
+
+// Whether this thread writes its channel's partial sums.
+template <bool CL>
+__device__ __forceinline__ bool mrla_tile_writes(const MRLATile& t) {
+  return t.active && threadIdx.x < (CL ? kMRLATileChannels : 1);
+}
+
+// Index of the tile's K partial sums in part [B * C, S, K].
+__device__ __forceinline__ int64_t mrla_tile_part(const MRLATile& t,
+                                                  const MRLATiling& tiling,
+                                                  int64_t K) {
+  return ((t.b * tiling.C + t.c) * tiling.S + t.slice) * K;
+}
+
+// out[r, k] = sum over s of part[r, s, k] / divisor, slices in order.
+template <typename A, typename O>
+__global__ void mrla_sum_slices_cuda_kernel(const A* part, O* out,
+                                            int64_t rows, int64_t S,
+                                            int64_t K, A divisor) {
+  MRLA_KERNEL_LOOP(n, rows * K) {
+    const int64_t r = n / K, k = n % K;
+    A acc = 0;
+    for (int64_t s = 0; s < S; ++s) acc += part[(r * S + s) * K + k];
+    out[n] = static_cast<O>(acc / divisor);
+  }
+}
+
+template <typename A, typename O>
+void mrla_sum_slices(const A* part, O* out, int64_t rows, int64_t S,
+                     int64_t K, A divisor, cudaStream_t stream) {
+  mrla_sum_slices_cuda_kernel<<<mrla_blocks(rows * K), kMRLAThreads, 0,
+                                stream>>>(part, out, rows, S, K, divisor);
+}
+
 #endif  // MRLA_COMMON_CUDA_CUH

@@ -1,8 +1,9 @@
 // CUDA kernels of the MRLA-light core. The forward is one elementwise pass
-// in memory order. The backward takes two: one (b, c) plane per block,
-// first the value gradient (kept in a float buffer) with the gate and
-// lambda sums, then grad_x and the weight gradient from that buffer;
-// plane-per-block reductions keep the sums deterministic. With a
+// in memory order. The backward takes two, each over tiles of the planes
+// (MRLATiling): first the value gradient (kept in a float buffer) with the
+// gate and lambda sums, then grad_x and the weight gradient from that
+// buffer; the tiles' partial sums are added in a fixed order, so the sums
+// are deterministic. With a
 // train-mode BatchNorm after the core (norm != nullptr: rows a, b, c,
 // center of [4, C]) the incoming gradient is that of x + batch_norm(z);
 // z is recomputed, never stored.
@@ -44,16 +45,18 @@ __device__ __forceinline__ A mrla_light_core_at(A v, A g_bc, const A* lambda,
              : mrla_light_core(v, g_bc, A(0), A(0), act);
 }
 
-// Per-(b, c) moments of z, one plane per block: without grad {mean,
-// sum (z - mean)^2} (z recomputed for the centred second pass), with grad
-// {sum grad, sum grad * (z - center)}.
+// Per-tile moments of z (see MRLATiling): without grad {mean,
+// sum (z - mean)^2} of the tile's pixels (z recomputed for the centred
+// second pass; mrla_combine_moments_cuda_kernel merges the slices), with
+// grad {sum grad, sum grad * (z - center)}.
 template <typename T, typename A, bool CL>
 __global__ void mrla_light_stats_cuda_kernel(
     const T* x, const A* w9, const A* gate, const A* lambda, const T* o_prev,
-    const T* grad, const A* center, A* stats, int64_t C, int64_t H,
+    const T* grad, const A* center, A* part, MRLATiling tiling, int64_t H,
     int64_t W, int64_t G, int act) {
-  const int64_t p = blockIdx.x, b = p / C, c = p % C;
-  const A g_bc = gate[b * G + c / (C / G)];
+  const MRLATile t = mrla_tile<CL>(tiling);
+  const int64_t b = t.b, c = t.c, C = tiling.C;
+  const A g_bc = t.active ? gate[b * G + c / (C / G)] : A(0);
   // z at pixel i of the plane, and its memory offset.
   auto z_at = [&](int64_t i, int64_t* off) {
     const int64_t y = i / W, x0 = i % W;
@@ -63,7 +66,7 @@ __global__ void mrla_light_stats_cuda_kernel(
         o_prev, c, *off, act);
   };
   A s1 = 0, s2 = 0;
-  for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
+  for (int64_t i = t.first; t.active && i < t.end; i += t.step) {
     int64_t off;
     const A z = z_at(i, &off);
     if (grad != nullptr) {
@@ -74,20 +77,47 @@ __global__ void mrla_light_stats_cuda_kernel(
       s1 += z;
     }
   }
-  s1 = mrla_block_sum(s1);
+  s1 = mrla_tile_sum<CL>(s1);
   if (grad == nullptr) {
-    const A mean = s1 / static_cast<A>(H * W);
-    for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
+    const A mean = s1 / static_cast<A>(t.end - t.begin);
+    for (int64_t i = t.first; t.active && i < t.end; i += t.step) {
       int64_t off;
       const A d = z_at(i, &off) - mean;
       s2 += d * d;
     }
     s1 = mean;
   }
-  s2 = mrla_block_sum(s2);
-  if (threadIdx.x == 0) {
-    stats[2 * p] = s1;
-    stats[2 * p + 1] = s2;
+  s2 = mrla_tile_sum<CL>(s2);
+  if (mrla_tile_writes<CL>(t)) {
+    const int64_t q = mrla_tile_part(t, tiling, 2);
+    part[q] = s1;
+    part[q + 1] = s2;
+  }
+}
+
+// Merges the slices' {mean, centred sum of squares} of each plane (part
+// [rows, S, 2]) into the plane's, slices in order (Chan et al.).
+template <typename A>
+__global__ void mrla_combine_moments_cuda_kernel(const A* part, A* stats,
+                                                 int64_t rows,
+                                                 MRLATiling tiling) {
+  MRLA_KERNEL_LOOP(r, rows) {
+    const A* p = part + r * tiling.S * 2;
+    auto count = [&](int64_t s) {
+      const int64_t end = (s + 1) * tiling.L;
+      return static_cast<A>((end < tiling.HW ? end : tiling.HW) -
+                            s * tiling.L);
+    };
+    A mean = 0;
+    for (int64_t s = 0; s < tiling.S; ++s) mean += count(s) * p[2 * s];
+    mean /= static_cast<A>(tiling.HW);
+    A m2 = 0;
+    for (int64_t s = 0; s < tiling.S; ++s) {
+      const A d = p[2 * s] - mean;
+      m2 += p[2 * s + 1] + count(s) * d * d;
+    }
+    stats[2 * r] = mean;
+    stats[2 * r + 1] = m2;
   }
 }
 
@@ -109,16 +139,19 @@ __global__ void mrla_light_forward_cuda_kernel(
   }
 }
 
+// Per-tile partial sums (see MRLATiling) of the gate and lambda
+// gradients; the value gradient and grad_o_prev elementwise.
 template <typename T, typename A, bool CL>
 __global__ void mrla_light_backward_value_cuda_kernel(
     const T* grad_out, const T* x, const A* w9, const A* gate,
     const A* lambda, const T* o_prev, const A* norm, A* grad_v,
-    T* grad_o_prev, A* grad_gate_part, A* grad_lambda_part, int64_t C,
+    T* grad_o_prev, A* gate_part, A* lambda_part, MRLATiling tiling,
     int64_t H, int64_t W, int64_t G, int act) {
-  const int64_t p = blockIdx.x, b = p / C, c = p % C;
-  const A g_bc = gate[b * G + c / (C / G)];
+  const MRLATile t = mrla_tile<CL>(tiling);
+  const int64_t b = t.b, c = t.c, C = tiling.C;
+  const A g_bc = t.active ? gate[b * G + c / (C / G)] : A(0);
   A sum_gate = 0, sum_lambda = 0;
-  for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
+  for (int64_t i = t.first; t.active && i < t.end; i += t.step) {
     const int64_t y = i / W, x0 = i % W;
     const int64_t off = mrla_offset<CL>(b, c, y, x0, C, H, W);
     const A v = mrla_dwconv_at<T, A, CL>(x, w9, b, c, y, x0, C, H, W);
@@ -135,11 +168,12 @@ __global__ void mrla_light_backward_value_cuda_kernel(
       grad_o_prev[off] = static_cast<T>(lambda[c] * g);
     }
   }
-  sum_gate = mrla_block_sum(sum_gate);
-  sum_lambda = mrla_block_sum(sum_lambda);
-  if (threadIdx.x == 0) {
-    grad_gate_part[p] = sum_gate;
-    grad_lambda_part[p] = sum_lambda;
+  sum_gate = mrla_tile_sum<CL>(sum_gate);
+  sum_lambda = mrla_tile_sum<CL>(sum_lambda);
+  if (mrla_tile_writes<CL>(t)) {
+    const int64_t q = mrla_tile_part(t, tiling, 1);
+    gate_part[q] = sum_gate;
+    lambda_part[q] = sum_lambda;
   }
 }
 
@@ -148,12 +182,13 @@ __global__ void mrla_light_backward_value_cuda_kernel(
 template <typename T, typename A, bool CL>
 __global__ void mrla_light_backward_input_cuda_kernel(
     const A* grad_v, const T* x, const A* w9, const T* grad_res, T* grad_x,
-    A* grad_weight_part, int64_t C, int64_t H, int64_t W) {
-  const int64_t p = blockIdx.x, b = p / C, c = p % C;
+    A* weight_part, MRLATiling tiling, int64_t H, int64_t W) {
+  const MRLATile t = mrla_tile<CL>(tiling);
+  const int64_t b = t.b, c = t.c, C = tiling.C;
   A gw[9];
 #pragma unroll
   for (int k = 0; k < 9; ++k) gw[k] = 0;
-  for (int64_t i = threadIdx.x; i < H * W; i += blockDim.x) {
+  for (int64_t i = t.first; t.active && i < t.end; i += t.step) {
     const int64_t y = i / W, x0 = i % W;
     const int64_t off = mrla_offset<CL>(b, c, y, x0, C, H, W);
     const A gv = grad_v[off];
@@ -180,8 +215,8 @@ __global__ void mrla_light_backward_input_cuda_kernel(
     grad_x[off] = static_cast<T>(gx);
   }
   for (int k = 0; k < 9; ++k) {
-    const A s = mrla_block_sum(gw[k]);
-    if (threadIdx.x == 0) grad_weight_part[p * 9 + k] = s;
+    const A s = mrla_tile_sum<CL>(gw[k]);
+    if (mrla_tile_writes<CL>(t)) weight_part[mrla_tile_part(t, tiling, 9) + k] = s;
   }
 }
 

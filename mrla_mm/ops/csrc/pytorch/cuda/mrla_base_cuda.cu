@@ -76,19 +76,30 @@ void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
   const bool cl = !v0.is_contiguous();
   Tensor ptrs = device_pointers(values);
   Tensor grad_ptrs = device_pointers(grad_values);
+  const MRLATiling tiling = mrla_tiling(B, C, H * W, cl);
+  // The tiles' dot products (the output itself for one slice).
+  Tensor part = tiling.S == 1 ? grad_weights_part
+                              : at::empty({grad_weights_part.numel() *
+                                           tiling.S},
+                                          grad_weights_part.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, v0.scalar_type(), "mrla_base_backward_cuda",
       [&] {
         using A = at::opmath_type<scalar_t>;
         auto kernel = cl ? mrla_base_backward_cuda_kernel<scalar_t, A, true>
                          : mrla_base_backward_cuda_kernel<scalar_t, A, false>;
-        kernel<<<static_cast<int>(B * C), kMRLAThreads, 0, stream>>>(
+        kernel<<<mrla_tile_blocks(tiling, B), kMRLAThreads, 0, stream>>>(
             grad_out.const_data_ptr<scalar_t>(), weights.const_data_ptr<A>(),
             reinterpret_cast<const scalar_t* const*>(
                 ptrs.const_data_ptr<int64_t>()),
             reinterpret_cast<scalar_t* const*>(
                 grad_ptrs.mutable_data_ptr<int64_t>()),
-            grad_weights_part.mutable_data_ptr<A>(), C, H, W, G, T_len);
+            part.mutable_data_ptr<A>(), tiling, H, W, G, T_len);
+        if (tiling.S == 1) return;
+        AT_CUDA_CHECK(cudaGetLastError());
+        mrla_sum_slices(part.const_data_ptr<A>(),
+                        grad_weights_part.mutable_data_ptr<A>(), B * C,
+                        tiling.S, T_len, A(1), stream);
       });
   AT_CUDA_CHECK(cudaGetLastError());
 }

@@ -49,40 +49,60 @@ void MRLALightBackwardCUDAKernelLauncher(
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t G = gate.size(1);
   const bool cl = !x.is_contiguous();
-  const int planes = static_cast<int>(B * C);
+  const MRLATiling tiling = mrla_tiling(B, C, H * W, cl);
+  const int64_t S = tiling.S;
   // The value gradient, in the layout of x, at accumulation precision.
   Tensor grad_v = at::empty_like(x, weight.options(),
                                  cl ? at::MemoryFormat::ChannelsLast
                                     : at::MemoryFormat::Contiguous);
+  // The tiles' partial sums (the outputs themselves for one slice).
+  auto parts = [&](const Tensor& out) {
+    return S == 1 ? out : at::empty({out.numel() * S}, weight.options());
+  };
+  Tensor gate_part = parts(grad_gate_part),
+         lambda_part = parts(grad_lambda_part),
+         weight_part = parts(grad_weight_part);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_backward_cuda",
       [&] {
         using A = at::opmath_type<scalar_t>;
         const bool prev = o_prev.numel() > 0;
         const A* nrm = norm.numel() ? norm.const_data_ptr<A>() : nullptr;
+        const int blocks = mrla_tile_blocks(tiling, B);
         auto value_kernel =
             cl ? mrla_light_backward_value_cuda_kernel<scalar_t, A, true>
                : mrla_light_backward_value_cuda_kernel<scalar_t, A, false>;
-        value_kernel<<<planes, kMRLAThreads, 0, stream>>>(
+        value_kernel<<<blocks, kMRLAThreads, 0, stream>>>(
             grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
             weight.const_data_ptr<A>(), gate.const_data_ptr<A>(),
             prev ? lambda.const_data_ptr<A>() : nullptr,
             prev ? o_prev.const_data_ptr<scalar_t>() : nullptr, nrm,
             grad_v.mutable_data_ptr<A>(),
             prev ? grad_o_prev.mutable_data_ptr<scalar_t>() : nullptr,
-            grad_gate_part.mutable_data_ptr<A>(),
-            grad_lambda_part.mutable_data_ptr<A>(), C, H, W, G,
+            gate_part.mutable_data_ptr<A>(),
+            lambda_part.mutable_data_ptr<A>(), tiling, H, W, G,
             static_cast<int>(act));
         AT_CUDA_CHECK(cudaGetLastError());
         auto input_kernel =
             cl ? mrla_light_backward_input_cuda_kernel<scalar_t, A, true>
                : mrla_light_backward_input_cuda_kernel<scalar_t, A, false>;
-        input_kernel<<<planes, kMRLAThreads, 0, stream>>>(
+        input_kernel<<<blocks, kMRLAThreads, 0, stream>>>(
             grad_v.const_data_ptr<A>(), x.const_data_ptr<scalar_t>(),
             weight.const_data_ptr<A>(),
             nrm != nullptr ? grad_out.const_data_ptr<scalar_t>() : nullptr,
             grad_x.mutable_data_ptr<scalar_t>(),
-            grad_weight_part.mutable_data_ptr<A>(), C, H, W);
+            weight_part.mutable_data_ptr<A>(), tiling, H, W);
+        if (S > 1) {
+          mrla_sum_slices(gate_part.const_data_ptr<A>(),
+                          grad_gate_part.mutable_data_ptr<A>(), B * C, S, 1,
+                          A(1), stream);
+          mrla_sum_slices(lambda_part.const_data_ptr<A>(),
+                          grad_lambda_part.mutable_data_ptr<A>(), B * C, S, 1,
+                          A(1), stream);
+          mrla_sum_slices(weight_part.const_data_ptr<A>(),
+                          grad_weight_part.mutable_data_ptr<A>(), B * C, S, 9,
+                          A(1), stream);
+        }
       });
   AT_CUDA_CHECK(cudaGetLastError());
 }
@@ -97,7 +117,12 @@ void MRLALightStatsCUDAKernelLauncher(const Tensor x, const Tensor weight,
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t G = gate.size(1);
   const bool cl = !x.is_contiguous();
-  const int planes = static_cast<int>(x.size(0) * C);
+  const int64_t B = x.size(0);
+  const MRLATiling tiling = mrla_tiling(B, C, H * W, cl);
+  // The tiles' moments (the statistics themselves for one slice).
+  Tensor part = tiling.S == 1
+                    ? stats
+                    : at::empty({stats.numel() * tiling.S}, stats.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_stats_cuda",
       [&] {
@@ -105,14 +130,27 @@ void MRLALightStatsCUDAKernelLauncher(const Tensor x, const Tensor weight,
         const bool prev = o_prev.numel() > 0, with_grad = grad.numel() > 0;
         auto kernel = cl ? mrla_light_stats_cuda_kernel<scalar_t, A, true>
                          : mrla_light_stats_cuda_kernel<scalar_t, A, false>;
-        kernel<<<planes, kMRLAThreads, 0, stream>>>(
+        kernel<<<mrla_tile_blocks(tiling, B), kMRLAThreads, 0, stream>>>(
             x.const_data_ptr<scalar_t>(), weight.const_data_ptr<A>(),
             gate.const_data_ptr<A>(),
             prev ? lambda.const_data_ptr<A>() : nullptr,
             prev ? o_prev.const_data_ptr<scalar_t>() : nullptr,
             with_grad ? grad.const_data_ptr<scalar_t>() : nullptr,
             with_grad ? center.const_data_ptr<A>() : nullptr,
-            stats.mutable_data_ptr<A>(), C, H, W, G, static_cast<int>(act));
+            part.mutable_data_ptr<A>(), tiling, H, W, G,
+            static_cast<int>(act));
+        if (tiling.S == 1) return;
+        AT_CUDA_CHECK(cudaGetLastError());
+        if (with_grad) {
+          mrla_sum_slices(part.const_data_ptr<A>(),
+                          stats.mutable_data_ptr<A>(), B * C, tiling.S, 2,
+                          A(1), stream);
+        } else {
+          mrla_combine_moments_cuda_kernel<<<mrla_blocks(B * C),
+                                             kMRLAThreads, 0, stream>>>(
+              part.const_data_ptr<A>(), stats.mutable_data_ptr<A>(), B * C,
+              tiling);
+        }
       });
   AT_CUDA_CHECK(cudaGetLastError());
 }
