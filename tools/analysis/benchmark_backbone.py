@@ -39,7 +39,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 VARIANTS = ('plain', 'light', 'base', 'light-pytorch', 'base-pytorch',
-            'base-keep')
+            'base-keep', 'light-compiled', 'base-compiled')
 
 
 def parse_args(argv=None):
@@ -57,8 +57,9 @@ def parse_args(argv=None):
     p.add_argument('--variants', nargs='+', default=list(VARIANTS[:3]),
                    choices=VARIANTS,
                    help='"-pytorch" variants force the pure-PyTorch path '
-                   'of the MRLA ops; "base-keep" is MRLA-base with '
-                   'recompute_values=False')
+                   'of the MRLA ops, "-compiled" ones the compiled ops '
+                   '(also where "auto" prefers PyTorch); "base-keep" is '
+                   'MRLA-base with recompute_values=False')
     p.add_argument('--modes', nargs='+', default=['infer', 'train'],
                    choices=('infer', 'train'))
     p.add_argument('--memory', action='store_true',
@@ -100,7 +101,8 @@ class Runner:
 
     def __init__(self, variant, args):
         self.variant = variant
-        self.backend = 'pytorch' if variant.endswith('-pytorch') else 'auto'
+        self.backend = dict(pytorch='pytorch', compiled='compiled').get(
+            variant.split('-')[-1], 'auto')
         torch.manual_seed(0)
         self.model = build(variant, args.depth)
         fmt = (torch.channels_last

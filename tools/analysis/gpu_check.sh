@@ -59,10 +59,11 @@ done
 # --ops and --profile: where the step's time goes (host or device).
 step backbone_light 150 8 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
-    --warmup 3 --ops --profile 25 --variants plain light light-pytorch
+    --warmup 3 --ops --profile 25 \
+    --variants plain light light-pytorch light-compiled
 step backbone_base 120 8 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
-    --warmup 3 --variants plain base base-keep base-pytorch
+    --warmup 3 --variants plain base base-pytorch base-compiled
 # The host issues an eager step's kernels about as fast as the GPU runs
 # them: compiled (CUDA graphs) against compiled plain ResNet-50.
 step backbone_compiled 300 8 $PY tools/analysis/benchmark_backbone.py \
