@@ -138,6 +138,11 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
         grad_norm, readout, detached[0], running_mean, running_var, mean,
         invstd, ctx.training, ctx.eps, wants)
     del grad_norm, readout
+    # CUDA's kernel may return the affine gradients although not asked
+    # for; autograd refuses a gradient for an input that is None.
+    grad_weight, grad_bias = (g if want else None
+                              for g, want in zip((grad_weight, grad_bias),
+                                                 wants[1:]))
     if not ctx.recompute:
         grad_weights, grad_values = readout_backward(grad_readout, weights,
                                                      values)
