@@ -12,8 +12,7 @@ kernels were measured slower than PyTorch's own (docs/benchmarks.md):
 channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
 pixels (:data:`CPU_MIN_PLANE_OF_OP` for ops with more passes), where the
 per-plane set-up of the kernels outweighs the work; and the CUDA
-channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
-:data:`CUDA_CL_SLOWER_WITH_GRAD` when autograd records), measured slower
+channels_last maps of the ops in :data:`CUDA_CL_SLOWER`, measured slower
 than PyTorch on an H200. Under ``torch.compile``, ``auto`` takes the
 PyTorch path, which the compiler traces into kernels of its own.
 ``compiled`` runs the kernels in all these cases all the same.
@@ -37,14 +36,14 @@ CPU_MIN_PLANE = 16
 # training branch (four passes) loses to the unfused ops at 7x7 and wins
 # from 14x14 on.
 CPU_MIN_PLANE_OF_OP = dict(mrla_light_batch_norm=100)
-# Ops whose CUDA kernels reduce one (b, c) plane per thread block: on
-# channels_last maps that is a walk with a stride of C elements, 3x-6x
-# slower than PyTorch (H200, docs/benchmarks.md). The MRLA-base readout's
-# forward is elementwise and faster than PyTorch; its backward reduces.
+# Ops whose CUDA kernels were measured slower than PyTorch on
+# channels_last maps (H200, bfloat16, docs/benchmarks.md): the 64-bit index
+# arithmetic per element of the 3x3 value convolution (and of the pooling
+# op) outweighs the passes they save. The MRLA-base readout is 1.3x-1.7x
+# faster than PyTorch there, forward and backward.
 CUDA_CL_SLOWER = ('mrla_light_core', 'mrla_light_batch_norm',
                   'mrla_value_map', 'residual_relu_pool',
                   'mrla_base_batch_norm')
-CUDA_CL_SLOWER_WITH_GRAD = ('mrla_base_readout', )
 
 _ext = None
 _ext_error: Optional[str] = None
@@ -118,8 +117,7 @@ def cuda_preference(op: str,
     if not any(t.device.type == 'cuda' and t.dim() == 4 and map_format(t)
                is torch.channels_last for t in maps):
         return None
-    if op in CUDA_CL_SLOWER or (op in CUDA_CL_SLOWER_WITH_GRAD
-                                and needs_autograd(*maps)):
+    if op in CUDA_CL_SLOWER:
         return 'channels_last maps run faster through PyTorch on CUDA'
     return None
 
