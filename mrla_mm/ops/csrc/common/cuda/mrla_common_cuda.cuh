@@ -2,15 +2,17 @@
 #ifndef MRLA_COMMON_CUDA_CUH
 #define MRLA_COMMON_CUDA_CUH
 
+#include <c10/util/Exception.h>
+
 #include <cstdint>
 
 // Threads per block of the MRLA kernels (a power of two, see block_sum).
 constexpr int kMRLAThreads = 256;
 
 // 64-bit grid-stride loop: detection-size maps exceed 2^31 elements.
-#define MRLA_KERNEL_LOOP(i, n)                                             \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x +         \
-                   threadIdx.x;                                            \
+#define MRLA_KERNEL_LOOP(i, n)                                          \
+  for (int64_t i =                                                      \
+           static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; \
        i < (n); i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
 inline int mrla_blocks(int64_t n) {
@@ -18,37 +20,44 @@ inline int mrla_blocks(int64_t n) {
   return static_cast<int>(blocks < 65535 ? blocks : 65535);
 }
 
-// Memory offset of element (b, c, y, x) of a contiguous (NCHW) or
-// channels_last (NHWC) map.
+// Plane (b, c) of a contiguous (NCHW) or channels_last (NHWC) [B, C, H, W]
+// map: pixel i = y * W + x lies at memory offset base + i * pix, and a row
+// is row elements apart. Element offsets are 64-bit (detection-size maps
+// exceed 2^31 elements); pixel indices within a plane are 32-bit, so that
+// no element pays a 64-bit division.
+struct MRLAPlane {
+  int64_t base, pix, row;
+};
+
 template <bool CL>
-__device__ __forceinline__ int64_t mrla_offset(int64_t b, int64_t c,
-                                               int64_t y, int64_t x,
-                                               int64_t C, int64_t H,
-                                               int64_t W) {
-  return CL ? ((b * H + y) * W + x) * C + c : ((b * C + c) * H + y) * W + x;
+__device__ __forceinline__ MRLAPlane mrla_plane(int64_t b, int64_t c, int64_t C,
+                                                int H, int W) {
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  MRLAPlane p;
+  p.base = CL ? b * HW * C + c : (b * C + c) * HW;
+  p.pix = CL ? C : 1;
+  p.row = p.pix * W;
+  return p;
 }
 
-// Channel and sample of memory offset n.
-template <bool CL>
-__device__ __forceinline__ void mrla_unravel(int64_t n, int64_t C, int64_t H,
-                                             int64_t W, int64_t* b,
-                                             int64_t* c, int64_t* y,
-                                             int64_t* x) {
-  if (CL) {
-    *c = n % C;
-    n /= C;
-    *x = n % W;
-    n /= W;
-    *y = n % H;
-    *b = n / H;
-  } else {
-    *x = n % W;
-    n /= W;
-    *y = n % H;
-    n /= H;
-    *c = n % C;
-    *b = n / C;
+// 3x3 depthwise convolution (zero padding) with the taps w9 at pixel
+// (y, x) of plane p, off its offset.
+template <typename T, typename A>
+__device__ __forceinline__ A mrla_dwconv3x3(const T* x, const A* w9,
+                                            const MRLAPlane& p, int64_t off,
+                                            int y, int x0, int H, int W) {
+  A acc = 0;
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    if (y + i - 1 < 0 || y + i - 1 >= H) continue;
+    const int64_t r = off + (i - 1) * p.row;
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+      if (x0 + j - 1 < 0 || x0 + j - 1 >= W) continue;
+      acc += w9[3 * i + j] * static_cast<A>(x[r + (j - 1) * p.pix]);
+    }
   }
+  return acc;
 }
 
 // Sum of v over the block (blockDim.x == kMRLAThreads); every thread
@@ -78,14 +87,22 @@ __device__ A mrla_block_sum(A v) {
 constexpr int kMRLATileChannels = 32;
 
 struct MRLATiling {
-  int64_t C, HW;
+  int64_t C;
+  int H, W, HW;
   int64_t groups;  // channel groups per sample: C (NCHW) or C / 32 rounded up
-  int64_t S, L;    // S slices of L pixels (the last may be shorter)
+  int S, L;        // S slices of L pixels (the last may be shorter)
 };
 
-// Tiles for [B, C, HW] maps on the current GPU: enough slices for about
-// four waves of blocks, each thread summing >= 8 pixels.
-inline MRLATiling mrla_tiling(int64_t B, int64_t C, int64_t HW, bool cl) {
+// Tiles for [B, C, H, W] maps on the current GPU: enough slices for about
+// four waves of blocks, each thread taking >= 8 pixels.
+inline MRLATiling mrla_tiling(int64_t B, int64_t C, int64_t H, int64_t W,
+                              bool cl) {
+  const int64_t HW = H * W;
+  // Pixel loops run in 32-bit and step past the plane by < a block.
+  TORCH_CHECK(HW <= INT32_MAX - kMRLAThreads,
+              "the MRLA CUDA kernels take planes of fewer than 2^31 - 256 "
+              "pixels, got H=",
+              H, ", W=", W);
   int device = 0, sms = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -98,7 +115,13 @@ inline MRLATiling mrla_tiling(int64_t B, int64_t C, int64_t HW, bool cl) {
   int64_t S = by_gpu < by_work ? by_gpu : by_work;
   S = S < 1 ? 1 : S;
   const int64_t L = (HW + S - 1) / S;
-  return {C, HW, groups, (HW + L - 1) / L, L};
+  return {C,
+          static_cast<int>(H),
+          static_cast<int>(W),
+          static_cast<int>(HW),
+          groups,
+          static_cast<int>((HW + L - 1) / L),
+          static_cast<int>(L)};
 }
 
 inline int mrla_tile_blocks(const MRLATiling& t, int64_t B) {
@@ -108,18 +131,19 @@ inline int mrla_tile_blocks(const MRLATiling& t, int64_t B) {
 // This thread's part of the block's tile: pixels first, first + step, ...
 // below end of sample b, channel c (active: c exists).
 struct MRLATile {
-  int64_t b, c, slice, begin, end, first, step;
+  int64_t b, c;
+  int slice, begin, end, first, step;
   bool active;
 };
 
 template <bool CL>
 __device__ __forceinline__ MRLATile mrla_tile(const MRLATiling& t) {
   MRLATile r;
-  const int64_t block = blockIdx.x, group = block / t.S;
-  r.slice = block % t.S;
+  const int64_t group = blockIdx.x / t.S;
+  r.slice = blockIdx.x % t.S;
   r.b = group / t.groups;
   r.begin = r.slice * t.L;
-  r.end = r.begin + t.L < t.HW ? r.begin + t.L : t.HW;
+  r.end = r.begin < t.HW - t.L ? r.begin + t.L : t.HW;
   if (CL) {
     r.c = (group % t.groups) * kMRLATileChannels +
           threadIdx.x % kMRLATileChannels;
@@ -168,9 +192,8 @@ __device__ __forceinline__ int64_t mrla_tile_part(const MRLATile& t,
 
 // out[r, k] = sum over s of part[r, s, k] / divisor, slices in order.
 template <typename A, typename O>
-__global__ void mrla_sum_slices_cuda_kernel(const A* part, O* out,
-                                            int64_t rows, int64_t S,
-                                            int64_t K, A divisor) {
+__global__ void mrla_sum_slices_cuda_kernel(const A* part, O* out, int64_t rows,
+                                            int64_t S, int64_t K, A divisor) {
   MRLA_KERNEL_LOOP(n, rows * K) {
     const int64_t r = n / K, k = n % K;
     A acc = 0;
@@ -180,8 +203,8 @@ __global__ void mrla_sum_slices_cuda_kernel(const A* part, O* out,
 }
 
 template <typename A, typename O>
-void mrla_sum_slices(const A* part, O* out, int64_t rows, int64_t S,
-                     int64_t K, A divisor, cudaStream_t stream) {
+void mrla_sum_slices(const A* part, O* out, int64_t rows, int64_t S, int64_t K,
+                     A divisor, cudaStream_t stream) {
   mrla_sum_slices_cuda_kernel<<<mrla_blocks(rows * K), kMRLAThreads, 0,
                                 stream>>>(part, out, rows, S, K, divisor);
 }

@@ -9,12 +9,13 @@
 template <typename T, typename A, bool CL>
 __global__ void residual_relu_pool_cuda_kernel(const T* residual,
                                                const T* identity, T* out,
-                                               A* part, MRLATiling tiling,
-                                               int64_t H, int64_t W) {
+                                               A* part, MRLATiling tiling) {
   const MRLATile t = mrla_tile<CL>(tiling);
+  const int H = tiling.H, W = tiling.W;
+  const MRLAPlane p = mrla_plane<CL>(t.b, t.active ? t.c : 0, tiling.C, H, W);
   A sum = 0;
-  for (int64_t i = t.first; t.active && i < t.end; i += t.step) {
-    const int64_t off = mrla_offset<CL>(t.b, t.c, i / W, i % W, tiling.C, H, W);
+  for (int i = t.first; t.active && i < t.end; i += t.step) {
+    const int64_t off = p.base + i * p.pix;
     const T s = static_cast<T>(static_cast<A>(residual[off]) +
                                static_cast<A>(identity[off]));
     const T v = static_cast<A>(s) < A(0) ? T(0) : s;

@@ -39,10 +39,10 @@ void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
   const Tensor& v0 = values[0];
   at::cuda::CUDAGuard device_guard(v0.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t B = v0.size(0), C = v0.size(1), H = v0.size(2),
-                W = v0.size(3);
+  const int64_t B = v0.size(0), C = v0.size(1), H = v0.size(2), W = v0.size(3);
   const int64_t G = weights.size(1), T_len = weights.size(2);
   const bool cl = !v0.is_contiguous();
+  const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
   Tensor ptrs = device_pointers(values);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, v0.scalar_type(), "mrla_base_forward_cuda",
@@ -50,14 +50,14 @@ void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
         using A = at::opmath_type<scalar_t>;
         auto kernel = cl ? mrla_base_forward_cuda_kernel<scalar_t, A, true>
                          : mrla_base_forward_cuda_kernel<scalar_t, A, false>;
-        kernel<<<mrla_blocks(v0.numel()), kMRLAThreads, 0, stream>>>(
+        kernel<<<mrla_tile_blocks(tiling, B), kMRLAThreads, 0, stream>>>(
             weights.const_data_ptr<A>(),
             reinterpret_cast<const scalar_t* const*>(
                 ptrs.const_data_ptr<int64_t>()),
             scale.numel() ? scale.const_data_ptr<A>() : nullptr,
             scale.numel() ? shift.const_data_ptr<A>() : nullptr,
             residual.numel() ? residual.const_data_ptr<scalar_t>() : nullptr,
-            out.mutable_data_ptr<scalar_t>(), B, C, H, W, G, T_len);
+            out.mutable_data_ptr<scalar_t>(), tiling, G, T_len);
       });
   AT_CUDA_CHECK(cudaGetLastError());
 }
@@ -70,18 +70,17 @@ void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
   const Tensor& v0 = values[0];
   at::cuda::CUDAGuard device_guard(v0.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t B = v0.size(0), C = v0.size(1), H = v0.size(2),
-                W = v0.size(3);
+  const int64_t B = v0.size(0), C = v0.size(1), H = v0.size(2), W = v0.size(3);
   const int64_t G = weights.size(1), T_len = weights.size(2);
   const bool cl = !v0.is_contiguous();
   Tensor ptrs = device_pointers(values);
   Tensor grad_ptrs = device_pointers(grad_values);
-  const MRLATiling tiling = mrla_tiling(B, C, H * W, cl);
+  const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
   // The tiles' dot products (the output itself for one slice).
-  Tensor part = tiling.S == 1 ? grad_weights_part
-                              : at::empty({grad_weights_part.numel() *
-                                           tiling.S},
-                                          grad_weights_part.options());
+  Tensor part = tiling.S == 1
+                    ? grad_weights_part
+                    : at::empty({grad_weights_part.numel() * tiling.S},
+                                grad_weights_part.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, v0.scalar_type(), "mrla_base_backward_cuda",
       [&] {
@@ -94,7 +93,7 @@ void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
                 ptrs.const_data_ptr<int64_t>()),
             reinterpret_cast<scalar_t* const*>(
                 grad_ptrs.mutable_data_ptr<int64_t>()),
-            part.mutable_data_ptr<A>(), tiling, H, W, G, T_len);
+            part.mutable_data_ptr<A>(), tiling, G, T_len);
         if (tiling.S == 1) return;
         AT_CUDA_CHECK(cudaGetLastError());
         mrla_sum_slices(part.const_data_ptr<A>(),

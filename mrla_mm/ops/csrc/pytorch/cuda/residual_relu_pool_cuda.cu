@@ -12,22 +12,21 @@ void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
   const int64_t B = residual.size(0), C = residual.size(1),
                 H = residual.size(2), W = residual.size(3);
   const bool cl = !residual.is_contiguous();
-  const MRLATiling tiling = mrla_tiling(B, C, H * W, cl);
+  const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, residual.scalar_type(),
       "residual_relu_pool_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
         Tensor part =
-            at::empty({B * C * tiling.S}, mean.options().dtype(
-                                               c10::CppTypeToScalarType<A>()));
-        auto kernel =
-            cl ? residual_relu_pool_cuda_kernel<scalar_t, A, true>
-               : residual_relu_pool_cuda_kernel<scalar_t, A, false>;
+            at::empty({B * C * tiling.S},
+                      mean.options().dtype(c10::CppTypeToScalarType<A>()));
+        auto kernel = cl ? residual_relu_pool_cuda_kernel<scalar_t, A, true>
+                         : residual_relu_pool_cuda_kernel<scalar_t, A, false>;
         kernel<<<mrla_tile_blocks(tiling, B), kMRLAThreads, 0, stream>>>(
             residual.const_data_ptr<scalar_t>(),
             identity.const_data_ptr<scalar_t>(),
             out.mutable_data_ptr<scalar_t>(), part.mutable_data_ptr<A>(),
-            tiling, H, W);
+            tiling);
         AT_CUDA_CHECK(cudaGetLastError());
         mrla_sum_slices(part.const_data_ptr<A>(),
                         mean.mutable_data_ptr<scalar_t>(), B * C, tiling.S, 1,
