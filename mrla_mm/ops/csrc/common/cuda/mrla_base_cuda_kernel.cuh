@@ -47,7 +47,9 @@ __global__ void mrla_base_backward_cuda_kernel(
       grad_values[s][off] = static_cast<T>(w[s] * g);
     }
     dot = mrla_tile_sum<CL>(dot);
-    if (mrla_tile_writes<CL>(t)) part[mrla_tile_part(t, tiling, T_len) + s] = dot;
+    if (mrla_tile_writes<CL>(t)) {
+      part[mrla_tile_part(t, tiling, T_len) + s] = dot;
+    }
   }
 }
 

@@ -216,7 +216,9 @@ __global__ void mrla_light_backward_input_cuda_kernel(
   }
   for (int k = 0; k < 9; ++k) {
     const A s = mrla_tile_sum<CL>(gw[k]);
-    if (mrla_tile_writes<CL>(t)) weight_part[mrla_tile_part(t, tiling, 9) + k] = s;
+    if (mrla_tile_writes<CL>(t)) {
+      weight_part[mrla_tile_part(t, tiling, 9) + k] = s;
+    }
   }
 }
 
