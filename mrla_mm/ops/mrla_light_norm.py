@@ -131,7 +131,7 @@ def _differentiable_backward(ctx, grad_out):
                                  ctx.eps)
         else:
             scale, shift = _norm_affine(weight, bias, mean, invstd)
-            y = x + channel_affine(z, scale.to(z.dtype), shift.to(z.dtype))
+            y = x + channel_affine(z, scale, shift)
         wanted = [t for t in inputs if t is not None and t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad_out,
                                          create_graph=True))

@@ -27,7 +27,7 @@ from mrla_mm.ops.mrla_light_norm import (
     mrla_light_batch_norm,
     mrla_light_batch_norm_pytorch,
 )
-from mrla_mm.ops.mrla_math import base_combine, base_weights
+from mrla_mm.ops.mrla_math import base_combine, base_weights, channel_affine
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 
 # ResNet-50 stages at batch 8x224 and an FPN level of a detector input.
@@ -91,17 +91,15 @@ def light_cases(shape, fmt, dtype, device):
 
     def pytorch_eval():
         with torch.no_grad():
-            mrla_light_core_pytorch(x, wv, gate.to(dtype), lam.to(dtype), o,
-                                    'identity', scale.to(dtype),
-                                    shift.to(dtype), True)
+            mrla_light_core_pytorch(x, wv, gate, lam, o, 'identity', scale,
+                                    shift, True)
 
     def fused_train():
         MRLALightCoreFunction.apply(x, wv, gate, lam, o,
                                     'identity').backward(g)
 
     def pytorch_train():
-        mrla_light_core_pytorch(x, wv, gate.to(dtype), lam.to(dtype),
-                                o).backward(g)
+        mrla_light_core_pytorch(x, wv, gate, lam, o).backward(g)
 
     gamma = torch.rand(c, device=device).requires_grad_()
     beta = torch.randn(c, device=device).requires_grad_()
@@ -113,9 +111,9 @@ def light_cases(shape, fmt, dtype, device):
                               training=True).backward(g)
 
     def pytorch_branch():
-        mrla_light_batch_norm_pytorch(x, wv, gate.to(dtype), lam.to(dtype),
-                                      o, 'identity', None, None, gamma, beta,
-                                      True, 0.1, 1e-5).backward(g)
+        mrla_light_batch_norm_pytorch(x, wv, gate, lam, o, 'identity', None,
+                                      None, gamma, beta, True, 0.1,
+                                      1e-5).backward(g)
 
     cases = [('light eval (BN folded, +x)', fused_eval, pytorch_eval),
              ('light fwd+bwd', fused_train, pytorch_train)]
@@ -150,9 +148,8 @@ def base_cases(shape, fmt, dtype, device, t):
 
     def pytorch_eval():
         with torch.no_grad():
-            out = base_combine(base_weights(q, keys, heads).to(dtype), values)
-            x + torch.relu(out * scale.view(1, c, 1, 1).to(dtype) +
-                           shift.view(1, c, 1, 1).to(dtype))
+            out = base_combine(base_weights(q, keys, heads), values)
+            x + torch.relu(channel_affine(out, scale, shift))
 
     def fused_fwd():
         with torch.no_grad():
@@ -160,13 +157,13 @@ def base_cases(shape, fmt, dtype, device, t):
 
     def pytorch_fwd():
         with torch.no_grad():
-            base_combine(weights.to(dtype), values)
+            base_combine(weights, values)
 
     def fused_train():
         MRLABaseReadoutFunction.apply(weights, *values).backward(g)
 
     def pytorch_train():
-        base_combine(weights.to(dtype), values).backward(g)
+        base_combine(weights, values).backward(g)
 
     return [(f'base eval (T={t}, BN+ReLU folded, +x)', fused_eval,
              pytorch_eval), (f'base fwd (T={t})', fused_fwd, pytorch_fwd),
