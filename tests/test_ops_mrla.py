@@ -336,9 +336,9 @@ def test_auto_prefers_pytorch_where_it_is_faster(case, monkeypatch,
 
 def test_auto_prefers_pytorch_for_cuda_channels_last():
     """On CUDA, auto leaves channels_last maps to PyTorch for the ops whose
-    kernels were measured slower there, not the MRLA-base readout (faster,
-    also with autograd); NCHW maps and CPU maps are not its concern. Fake
-    tensors stand in for CUDA ones."""
+    kernels were measured slower there (the light core only with autograd),
+    not the MRLA-base readout and the pooling op (faster); NCHW maps and CPU
+    maps are not its concern. Fake tensors stand in for CUDA ones."""
     reason = 'channels_last maps run faster through PyTorch on CUDA'
     with FakeTensorMode():
         maps = {
@@ -357,9 +357,17 @@ def test_auto_prefers_pytorch_for_cuda_channels_last():
                 op, (maps['cuda', torch.contiguous_format], cl)) == reason
             assert ext_loader.cuda_preference(
                 op, (maps['cuda', torch.contiguous_format], )) is None
-        for t in (cl, cl.clone().requires_grad_()):
-            assert ext_loader.cuda_preference('mrla_base_readout',
-                                              (t, )) is None
+        grad_cl = cl.clone().requires_grad_()
+        for op in ('mrla_base_readout', 'residual_relu_pool'):
+            for t in (cl, grad_cl):
+                assert ext_loader.cuda_preference(op, (t, )) is None
+        # The light core only when autograd records through its maps.
+        assert ext_loader.cuda_preference('mrla_light_core', (cl, )) is None
+        assert ext_loader.cuda_preference('mrla_light_core',
+                                          (cl, grad_cl)) == reason
+        with torch.no_grad():
+            assert ext_loader.cuda_preference('mrla_light_core',
+                                              (grad_cl, )) is None
 
 
 def test_fallback_is_logged_once(monkeypatch, caplog):

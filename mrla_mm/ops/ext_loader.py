@@ -12,8 +12,9 @@ kernels were measured slower than PyTorch's own (docs/benchmarks.md):
 channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
 pixels (:data:`CPU_MIN_PLANE_OF_OP` for ops with more passes), where the
 per-plane set-up of the kernels outweighs the work; and the CUDA
-channels_last maps of the ops in :data:`CUDA_CL_SLOWER`, measured slower
-than PyTorch on an H200. Under ``torch.compile``, ``auto`` takes the
+channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
+:data:`CUDA_CL_SLOWER_WITH_GRAD` when autograd records), measured slower
+than PyTorch on an H100. Under ``torch.compile``, ``auto`` takes the
 PyTorch path, which the compiler traces into kernels of its own.
 ``compiled`` runs the kernels in all these cases all the same.
 """
@@ -37,13 +38,15 @@ CPU_MIN_PLANE = 16
 # from 14x14 on.
 CPU_MIN_PLANE_OF_OP = dict(mrla_light_batch_norm=100)
 # Ops whose CUDA kernels were measured slower than PyTorch on
-# channels_last maps (H200, bfloat16, docs/benchmarks.md): the 64-bit index
-# arithmetic per element of the 3x3 value convolution (and of the pooling
-# op) outweighs the passes they save. The MRLA-base readout is 1.3x-1.7x
-# faster than PyTorch there, forward and backward.
-CUDA_CL_SLOWER = ('mrla_light_core', 'mrla_light_batch_norm',
-                  'mrla_value_map', 'residual_relu_pool',
+# channels_last maps (H100, bfloat16, docs/benchmarks.md): the fused light
+# training branch (0.67x-0.78x); the base value map and norm go the same
+# way as the light branch until they are measured on their own.
+CUDA_CL_SLOWER = ('mrla_light_batch_norm', 'mrla_value_map',
                   'mrla_base_batch_norm')
+# Slower there only when autograd records through the maps: the light
+# core's backward (0.84x at detection size), while its inference kernel
+# is 1.25x-1.35x faster than PyTorch.
+CUDA_CL_SLOWER_WITH_GRAD = ('mrla_light_core', )
 
 _ext = None
 _ext_error: Optional[str] = None
@@ -117,7 +120,8 @@ def cuda_preference(op: str,
     if not any(t.device.type == 'cuda' and t.dim() == 4 and map_format(t)
                is torch.channels_last for t in maps):
         return None
-    if op in CUDA_CL_SLOWER:
+    if op in CUDA_CL_SLOWER or (op in CUDA_CL_SLOWER_WITH_GRAD
+                                and needs_autograd(*maps)):
         return 'channels_last maps run faster through PyTorch on CUDA'
     return None
 
