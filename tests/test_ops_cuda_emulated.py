@@ -1,0 +1,264 @@
+"""The CUDA kernels and their launchers, run on the CPU.
+
+The CUDA sources are compiled as C++ for a CPU emulation of the launch
+(tests/cuda_emulation/mrla_cuda_emulation.h: each block's threads are host
+threads, ``__syncthreads`` a barrier, ``__shared__`` arrays shared by the
+running block) and registered in mmcv's device registry for the CPU in
+place of the CPU kernels. The ops' Python code then runs through the CUDA
+tiling, index arithmetic, reductions and launchers on CPU tensors and is
+compared with the PyTorch composition, so that a machine without a GPU
+checks the CUDA code's logic too (its speed and the GPU's memory model
+need a GPU: tests/test_ops_mrla.py and friends, ``-k cuda``).
+"""
+import glob
+import importlib.util
+import os
+import os.path as osp
+import re
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+from mrla_mm.ops import ext_loader
+from mrla_mm.ops.mrla_base import MRLABaseReadoutFunction, mrla_base_readout
+from mrla_mm.ops.mrla_light import mrla_light_core, mrla_light_core_pytorch
+from mrla_mm.ops.mrla_light_norm import (
+    mrla_light_batch_norm,
+    mrla_light_batch_norm_pytorch,
+)
+from mrla_mm.ops.mrla_math import (
+    base_combine,
+    base_weights,
+    channel_affine,
+    mrla_value,
+)
+from mrla_mm.ops.mrla_value import mrla_value_map
+from mrla_mm.ops.residual_relu_pool import residual_relu_pool
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CSRC = osp.join(ROOT, 'mrla_mm', 'ops', 'csrc')
+SHIMS = osp.join(ROOT, 'tests', 'cuda_emulation')
+FORMATS = (torch.contiguous_format, torch.channels_last)
+# NCHW planes of more than 2048 pixels and channels_last ones of more than
+# 64 are cut into several slices; 40 channels leave channels_last lanes
+# idle; 1x1 and odd sizes test the borders.
+SHAPES = ((1, 2, 50, 45), (2, 40, 12, 13), (2, 4, 1, 1), (1, 8, 3, 7))
+# Batch statistics need more than one value per channel.
+NORM_SHAPES = tuple(s for s in SHAPES if s[0] * s[2] * s[3] > 1)
+
+
+def emulate_launches(src: str) -> str:
+    """``kernel<<<config>>>(args);`` -> ``mrla_emulated_launch([&] {
+    kernel(args); }, config);``."""
+    out, i = [], 0
+    while (j := src.find('<<<', i)) >= 0:
+        name = re.search(r'(\w+)\s*$', src[:j])
+        end = src.index('>>>', j)
+        config = src[j + 3:end]
+        k = src.index('(', end)
+        depth, m = 0, k
+        while True:
+            depth += {'(': 1, ')': -1}.get(src[m], 0)
+            if depth == 0:
+                break
+            m += 1
+        assert src[m + 1] == ';', src[j:m + 2]
+        out.append(src[i:name.start()])
+        out.append(f'mrla_emulated_launch([&] {{ {name.group(1)}'
+                   f'{src[k:m + 1]}; }}, {config});')
+        i = m + 2
+    out.append(src[i:])
+    return ''.join(out)
+
+
+def emulated_sources(build: str):
+    """The CUDA sources, rewritten for the emulation, under ``build``."""
+    os.makedirs(osp.join(build, 'cuda'), exist_ok=True)
+    sources = []
+    for path in sorted(
+            glob.glob(osp.join(CSRC, 'common', 'cuda', '*.cuh')) +
+            glob.glob(osp.join(CSRC, 'pytorch', 'cuda', '*'))):
+        with open(path) as f:
+            src = emulate_launches(f.read())
+        name = osp.basename(path)
+        if name == 'cudabind.cpp':
+            # The launchers serve the CPU tensors of the tests.
+            src = src.replace(', CUDA,', ', CPU,')
+        # Pinned host memory needs a GPU; the CPU kernels read any memory.
+        src = src.replace('.pinned_memory(true)', '.pinned_memory(false)')
+        if not name.endswith('.cuh'):
+            src = '#include "mrla_cuda_emulation.h"\n' + src
+            name = osp.splitext(name)[0] + '.cpp'
+            sources.append(osp.join(build, 'cuda', name))
+        with open(osp.join(build, 'cuda', name), 'w') as f:
+            f.write(src)
+    return sources
+
+
+@pytest.fixture(scope='module')
+def emulated_ext(tmp_path_factory):
+    spec = importlib.util.find_spec('mmcv')
+    mmcv = osp.join(list(spec.submodule_search_locations)[0], 'ops', 'csrc',
+                    'common')
+    build = str(tmp_path_factory.mktemp('mrla_cuda_emulated'))
+    sources = emulated_sources(build) + [
+        osp.join(CSRC, 'pytorch', name)
+        for name in ('mrla_light.cpp', 'mrla_base.cpp',
+                     'residual_relu_pool.cpp', 'pybind.cpp')
+    ]
+    return cpp_extension.load(
+        'mrla_cuda_emulated',
+        sources,
+        extra_include_paths=[
+            SHIMS,
+            osp.join(build, 'cuda'),
+            osp.join(CSRC, 'common'), mmcv
+        ],
+        extra_cflags=['-O1', '-std=c++20', '-DMRLA_WITH_CUDA'],
+        build_directory=build,
+        verbose=False)
+
+
+@pytest.fixture(params=[2, 16], ids=['2sms', '16sms'])
+def cuda_kernels(request, emulated_ext, monkeypatch):
+    """The ops run the CUDA kernels (emulated) on CPU tensors; the SM count
+    changes how the planes are sliced."""
+    monkeypatch.setattr(ext_loader, '_ext', emulated_ext)
+    monkeypatch.setattr(ext_loader, '_ext_error', None)
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'compiled')
+    monkeypatch.setenv('MRLA_EMULATED_SMS', str(request.param))
+
+
+def light_inputs(shape, fmt, heads=2):
+    b, c = shape[:2]
+    heads = min(heads, c)
+    g = torch.Generator().manual_seed(sum(shape))
+
+    def rnd(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    x = rnd(*shape).contiguous(memory_format=fmt)
+    o = rnd(*shape).contiguous(memory_format=fmt)
+    return (x, rnd(c, 1, 3, 3), torch.rand(b, heads, generator=g,
+                                           dtype=torch.float64), rnd(c), o)
+
+
+@pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])
+@pytest.mark.parametrize('shape', SHAPES)
+def test_light_core(cuda_kernels, shape, fmt):
+    x, w, gate, lam, o = light_inputs(shape, fmt)
+    c = shape[1]
+    scale, shift = torch.rand(c, dtype=x.dtype), torch.randn(c, dtype=x.dtype)
+    for act in ('identity', 'gelu'):
+        with torch.no_grad():
+            got = mrla_light_core(x, w, gate, lam, o, act, scale=scale,
+                                  shift=shift, add_input=True)
+        want = mrla_light_core_pytorch(x, w, gate, lam, o, act, scale, shift,
+                                       True)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert got.is_contiguous(memory_format=fmt)
+        leaves = [t.clone().requires_grad_() for t in (x, w, gate, lam, o)]
+        out = mrla_light_core(*leaves, act)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, leaves, grad)
+        ref = [t.clone().requires_grad_() for t in (x, w, gate, lam, o)]
+        want = torch.autograd.grad(mrla_light_core_pytorch(*ref, act), ref,
+                                   grad)
+        for name, a, b in zip(('x', 'weight', 'gate', 'lambda', 'o_prev'),
+                              got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10,
+                                       msg=f'grad {name} ({act})')
+
+
+@pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])
+@pytest.mark.parametrize('shape', SHAPES)
+def test_value_map(cuda_kernels, shape, fmt):
+    """MRLA-base's value map: the light kernels without history."""
+    x, w = light_inputs(shape, fmt)[:2]
+    for act in ('identity', 'gelu'):
+        leaves = [t.clone().requires_grad_() for t in (x, w)]
+        out = mrla_value_map(*leaves, act)
+        ref = [t.clone().requires_grad_() for t in (x, w)]
+        want = mrla_value(*ref, act)
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+        grad = torch.randn_like(out)
+        for a, b in zip(torch.autograd.grad(out, leaves, grad),
+                        torch.autograd.grad(want, ref, grad)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])
+@pytest.mark.parametrize('shape', NORM_SHAPES)
+def test_light_train_branch(cuda_kernels, shape, fmt):
+    """Batch statistics from the statistics kernels (several slices merged),
+    the norm folded into the backward kernels."""
+    x, w, gate, lam, o = light_inputs(shape, fmt)
+    c = shape[1]
+    gamma, beta = torch.rand(c, dtype=x.dtype), torch.randn(c, dtype=x.dtype)
+    leaves = [t.clone().requires_grad_() for t in (x, w, gate, lam, o)]
+    ref = [t.clone().requires_grad_() for t in (x, w, gate, lam, o)]
+    stats = [torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)]
+    ref_stats = [t.clone() for t in stats]
+    out = mrla_light_batch_norm(
+        *leaves, 'identity', running_mean=stats[0], running_var=stats[1],
+        weight=gamma, bias=beta, training=True)
+    want = mrla_light_batch_norm_pytorch(*ref, 'identity', ref_stats[0],
+                                         ref_stats[1], gamma, beta, True, 0.1,
+                                         1e-5)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    for a, b in zip(stats, ref_stats):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(want, ref, grad)
+    for name, a, b in zip(('x', 'weight', 'gate', 'lambda', 'o_prev'), got,
+                          want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9,
+                                   msg=f'grad {name}')
+
+
+@pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])
+@pytest.mark.parametrize('shape', SHAPES)
+def test_base_readout(cuda_kernels, shape, fmt):
+    b, c = shape[:2]
+    heads = min(2, c)
+    g = torch.Generator().manual_seed(sum(shape))
+    values = [
+        torch.randn(*shape, generator=g, dtype=torch.float64).contiguous(
+            memory_format=fmt) for _ in range(3)
+    ]
+    q = torch.randn(b, c, generator=g, dtype=torch.float64)
+    keys = torch.randn(b, 3, c, generator=g, dtype=torch.float64)
+    scale, shift = torch.rand(c, dtype=q.dtype), torch.randn(c, dtype=q.dtype)
+    with torch.no_grad():
+        got = mrla_base_readout(q, keys, values, heads, scale=scale,
+                                shift=shift, residual=values[0])
+    weights = base_weights(q, keys, heads)
+    want = values[0] + torch.relu(
+        channel_affine(base_combine(weights, values), scale, shift))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    leaves = [weights.clone().requires_grad_()] + [
+        v.clone().requires_grad_() for v in values
+    ]
+    out = MRLABaseReadoutFunction.apply(*leaves)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    ref = [t.clone().requires_grad_() for t in leaves]
+    want = torch.autograd.grad(base_combine(ref[0], ref[1:]), ref, grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])
+@pytest.mark.parametrize('shape', SHAPES)
+def test_residual_relu_pool(cuda_kernels, shape, fmt):
+    g = torch.Generator().manual_seed(sum(shape))
+    r, i = (torch.randn(*shape, generator=g, dtype=torch.float64).contiguous(
+        memory_format=fmt) for _ in range(2))
+    with torch.no_grad():
+        out, mean = residual_relu_pool(r, i)
+    want = torch.relu(r + i)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    torch.testing.assert_close(mean, want.mean((2, 3)), rtol=1e-12,
+                               atol=1e-12)
