@@ -115,7 +115,11 @@ def emulated_ext(tmp_path_factory):
             osp.join(build, 'cuda'),
             osp.join(CSRC, 'common'), mmcv
         ],
-        extra_cflags=['-O1', '-std=c++20', '-DMRLA_WITH_CUDA'],
+        # Hidden symbols: the emulated launchers must not take the place
+        # of mrla_mm._ext's CPU kernels in the same process, nor the other
+        # way round (both define the ops' dispatch functions).
+        extra_cflags=['-O1', '-std=c++20', '-DMRLA_WITH_CUDA',
+                      '-fvisibility=hidden'],
         build_directory=build,
         verbose=False)
 
