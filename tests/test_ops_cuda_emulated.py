@@ -1,10 +1,10 @@
 """The CUDA kernels and their launchers, run on the CPU.
 
 The CUDA sources are compiled as C++ for a CPU emulation of the launch
-(tests/cuda_emulation/mrla_cuda_emulation.h: each block's threads are host
-threads, ``__syncthreads`` a barrier, ``__shared__`` arrays shared by the
-running block) and registered in mmcv's device registry for the CPU in
-place of the CPU kernels. The ops' Python code then runs through the CUDA
+(tests/cuda_emulation/mrla_cuda_emulation.h: each block's threads are
+fibers switched at ``__syncthreads``, ``__shared__`` arrays are shared by
+the running block) and registered in mmcv's device registry for the CPU
+in place of the CPU kernels. The ops' Python code then runs through the CUDA
 tiling, index arithmetic, reductions and launchers on CPU tensors and is
 compared with the PyTorch composition, so that a machine without a GPU
 checks the CUDA code's logic too (its speed and the GPU's memory model
@@ -102,11 +102,9 @@ def emulated_ext(tmp_path_factory):
     mmcv = osp.join(list(spec.submodule_search_locations)[0], 'ops', 'csrc',
                     'common')
     build = str(tmp_path_factory.mktemp('mrla_cuda_emulated'))
-    sources = emulated_sources(build) + [
-        osp.join(CSRC, 'pytorch', name)
-        for name in ('mrla_light.cpp', 'mrla_base.cpp',
-                     'residual_relu_pool.cpp', 'pybind.cpp')
-    ]
+    # The ops' checks, dispatch and bindings as setup.py builds them.
+    sources = emulated_sources(build) + sorted(
+        glob.glob(osp.join(CSRC, 'pytorch', '*.cpp')))
     return cpp_extension.load(
         'mrla_cuda_emulated',
         sources,
@@ -250,8 +248,8 @@ def test_base_readout(cuda_kernels, shape, fmt):
     got = torch.autograd.grad(out, leaves, grad)
     ref = [t.clone().requires_grad_() for t in leaves]
     want = torch.autograd.grad(base_combine(ref[0], ref[1:]), ref, grad)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for g_got, g_want in zip(got, want):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])
