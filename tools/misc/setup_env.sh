@@ -27,6 +27,20 @@ echo "[setup] build tools"
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -r requirements/build.txt
 
+# The CUDA build of torch fills about 5.5 GB of the venv; a full disk
+# otherwise surfaces as a bare OSError half-way through pip.
+NEED_GB=${MRLA_SETUP_NEED_GB:-8}
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    for dir in "$VENV" "${TMPDIR:-/tmp}"; do
+        free_gb=$(df -Pk "$dir" | awk 'NR == 2 {print int($4 / 1048576)}')
+        if [ "$free_gb" -lt "$NEED_GB" ]; then
+            echo "[setup] error: $dir has ${free_gb} GB free; installing torch needs" \
+                "about ${NEED_GB} GB (MRLA_SETUP_NEED_GB). Free some disk and re-run." >&2
+            exit 1
+        fi
+    done
+fi
+
 echo "[setup] torch $TORCH_VERSION (registry CUDA build; runs on CPU-only machines)"
 "${PIP[@]}" install -q "torch==$TORCH_VERSION" "$(grep '^torchvision==' requirements/runtime.txt)"
 
