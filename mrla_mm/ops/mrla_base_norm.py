@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from .batch_norm_add_relu import RecomputedMaps
 from .checks import (
     check_batch_norm_input,
     check_given_together,
@@ -83,25 +84,37 @@ class MRLABaseNormFunction(Function):
         out.relu_().add_(x)
         ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
         ctx.recompute, ctx.num_values = recompute, num
-        ctx.save_for_backward(weights, weight, bias,
-                              None if training else running_mean,
-                              None if training else running_var,
-                              *(maps[num:] if recompute else maps))
+        kept = maps[num:] if recompute else maps
+        # Sources that can be rebuilt are kept as their recipes and rebuilt
+        # one at a time in the backward (see RecomputedMaps).
+        ctx.recipes = [
+            RecomputedMaps.recipe_of(m) if recompute and i < num else None
+            for i, m in enumerate(kept)
+        ]
+        ctx.save_for_backward(
+            weights, weight, bias, None if training else running_mean,
+            None if training else running_var,
+            *(None if r is not None else m
+              for m, r in zip(kept, ctx.recipes)))
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         weights, weight, bias, running_mean, running_var, *maps = (
             ctx.saved_tensors)
+        maps = [m if r is None else r for m, r in zip(maps, ctx.recipes)]
         differentiable = torch.is_grad_enabled()
         if ctx.recompute:
             value = mrla_value if differentiable else _value_no_grad
+            values = []
             with torch.enable_grad() if differentiable else nullcontext():
-                values = [
-                    value(src, k, ctx.value_act)
-                    for src, k in zip(maps[:ctx.num_values],
-                                      maps[ctx.num_values:])
-                ]
+                for s in range(ctx.num_values):
+                    src = maps[s]
+                    if not isinstance(src, Tensor):
+                        src = src.compute()
+                    values.append(
+                        value(src, maps[ctx.num_values + s], ctx.value_act))
+                    del src
         else:
             values = maps
         backward = (_differentiable_backward

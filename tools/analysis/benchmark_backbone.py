@@ -8,11 +8,11 @@ With ``--memory`` the table adds two memory figures of a training step,
 both exact and independent of the allocator, unlike the process's
 resident set:
 
-- *saved*: the tensors autograd holds for the backward pass at the end of
-  the forward pass, counted once per storage through
-  ``torch.autograd.graph``'s saved-tensor hooks, parameters left out;
+- *saved*: the tensor memory live at the end of the forward pass, above
+  what was live before it: what autograd holds for the backward pass
+  (whatever saves it, saved-tensor hooks included) and the output;
 - *peak*: the most tensor memory live at any moment of the forward and
-  backward pass, above what was live before it (the model), from the
+  backward pass, above what was live before it (the model); both from the
   allocation events of ``torch.profiler`` (``profile_memory``): the saved
   tensors plus the transient ones, such as an MRLA-base stage's value
   maps while its forward runs, and the gradients.
@@ -39,7 +39,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 VARIANTS = ('plain', 'light', 'base', 'light-pytorch', 'base-pytorch',
-            'base-keep', 'light-compiled', 'base-compiled')
+            'base-keep', 'light-compiled', 'base-compiled', 'light-slim',
+            'base-slim')
 
 
 def parse_args(argv=None):
@@ -59,7 +60,8 @@ def parse_args(argv=None):
                    help='"-pytorch" variants force the pure-PyTorch path '
                    'of the MRLA ops, "-compiled" ones the compiled ops '
                    '(also where "auto" prefers PyTorch); "base-keep" is '
-                   'MRLA-base with recompute_values=False')
+                   'MRLA-base with recompute_values=False; "-slim" ones '
+                   'recompute MRLA\'s input (mrla_recompute_input=True)')
     p.add_argument('--modes', nargs='+', default=['infer', 'train'],
                    choices=('infer', 'train'))
     p.add_argument('--memory', action='store_true',
@@ -93,7 +95,8 @@ def build(variant, depth):
         cfg = dict(cfg, recompute_values=False)
     # MRLA-base ResNets have the deep stem in the reference.
     return MRLAResNet(depth, mrla_cfg=cfg, deep_stem=kind == 'base',
-                      out_indices=(3, ), norm_eval=False)
+                      out_indices=(3, ), norm_eval=False,
+                      mrla_recompute_input=variant.endswith('-slim'))
 
 
 class Runner:
@@ -179,27 +182,6 @@ def time_variants(args):
     return results
 
 
-def saved_activation_mib(args, variant):
-    """MiB of distinct storages autograd saves in one training forward,
-    the model's parameters left out."""
-    r = Runner(variant, args)
-    r.model.train()
-    storages = {}
-    # Weights are saved too (convolutions keep theirs) but are the model,
-    # not activations.
-    params = {p.untyped_storage().data_ptr() for p in r.model.parameters()}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with r, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        r.model(make_input(args))
-    return sum(storages.values()) / 2**20
-
-
 def eager_training_pass(args, variant, context):
     """One training forward and backward of a fresh model of ``variant``
     (eager, no optimizer step) inside ``context``."""
@@ -210,20 +192,30 @@ def eager_training_pass(args, variant, context):
         sum(o.float().mean() for o in r.model(x)).backward()
 
 
-def peak_step_mib(args, variant):
-    """MiB of the most tensor memory live during one training forward and
-    backward, above what was live before them."""
-    from torch.profiler import ProfilerActivity, profile
+def step_memory_mib(args, variant):
+    """MiB of tensor memory live at the end of one training forward (what
+    it leaves for the backward) and the most live at any moment of the
+    forward and backward, both above what was live before them."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    r = Runner(variant, args)
+    r.model.train()
+    x = make_input(args)
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    eager_training_pass(args, variant, prof)
-    events = sorted((e.start_ns(), e.nbytes())
-                    for e in prof.profiler.kineto_results.events()
-                    if e.name() == '[memory]')
-    live = peak = 0
-    for _, nbytes in events:
+    with r, prof:
+        with record_function('forward'):
+            out = r.model(x)
+        sum(o.float().mean() for o in out).backward()
+    events = list(prof.profiler.kineto_results.events())
+    forward = next(e for e in events if e.name() == 'forward')
+    forward_end = forward.start_ns() + forward.duration_ns()
+    live = peak = held = 0
+    for start, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events
+                                if e.name() == '[memory]'):
         live += nbytes
         peak = max(peak, live)
-    return peak / 2**20
+        if start <= forward_end:
+            held = live
+    return held / 2**20, peak / 2**20
 
 
 class OpCounter(TorchDispatchMode):
@@ -324,7 +316,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     results = time_variants(args)
     memory = {
-        v: (saved_activation_mib(args, v), peak_step_mib(args, v))
+        v: step_memory_mib(args, v)
         for v in args.variants
     } if args.memory else None
     ops = {v: step_op_calls(args, v)

@@ -9,8 +9,13 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mrla_mm.ops import residual_relu_pool
+from mrla_mm.ops.batch_norm_add_relu import (
+    RecomputedMaps,
+    batch_norm_add_relu,
+)
 from mrla_mm.ops.ext_loader import use_compiled
 from ..layers import MRLABase, MRLACache, MRLALight, build_mrla_layer
+from ..layers.batch_norm_args import batch_norm_args
 
 # The paper's dim_per_head for ResNets: 32 for light, 16 for base.
 RESNET_DIM_PER_HEAD = dict(MRLALight=32, MRLABase=16)
@@ -31,24 +36,38 @@ class MRLABlockMixin:
     With ``with_cp`` the residual body is checkpointed and the MRLA branch
     is not: the base cache must see each layer exactly once.
 
-    A host class provides ``residual(x)``, its residual branch before the
-    shortcut is added, and names its last convolution in ``last_conv``.
+    A host class provides ``residual_conv(x)``, its residual branch up to
+    the last convolution, and ``residual_tail(out)``, what follows that
+    convolution before the shortcut is added; it names the convolution in
+    ``last_conv`` and its norm in ``last_norm``, and says in
+    ``tail_is_norm`` whether the tail is that norm alone.
 
     Args:
         mrla_cfg (dict, optional): The MRLA layer, see
             :func:`build_mrla_layer`. None gives the plain block.
         mrla_drop_path (float): Drop-path rate of the MRLA branch.
+        mrla_recompute_input (bool): In a training step, do not store
+            ``o``, MRLA's input, next to the block output: the backward
+            rebuilds it from the last convolution's output and the shortcut
+            (see :func:`mrla_mm.ops.batch_norm_add_relu`), one map of the
+            block's width less per block for one more elementwise pass
+            per read. Takes effect when the block runs in its stage (which
+            holds the :class:`RecomputedMaps`), without ``with_cp``, and
+            with a BatchNorm tail (``tail_is_norm``). Outputs and gradients
+            are the same either way, to float rounding. Defaults to False.
         *args, **kwargs: Arguments of the host block.
     """
 
-    last_conv = 'conv3'
+    last_conv, last_norm = 'conv3', 'norm3'
 
     def __init__(self,
                  *args,
                  mrla_cfg: Optional[dict] = None,
                  mrla_drop_path: float = 0.,
+                 mrla_recompute_input: bool = False,
                  **kwargs):
         super().__init__(*args, **kwargs)
+        self.mrla_recompute_input = mrla_recompute_input
         channels = getattr(self, self.last_conv).out_channels
         self.mrla = build_mrla_layer(mrla_cfg, channels, RESNET_DIM_PER_HEAD)
         if self.mrla is None:
@@ -101,17 +120,51 @@ class MRLABlockMixin:
                      or isinstance(self.mrla_drop_path, nn.Identity))
                 and use_compiled(op, (x, )))
 
-    def residual(self, x: Tensor) -> Tensor:
+    @property
+    def tail_is_norm(self) -> bool:
+        """bool: whether ``residual_tail`` is the last norm alone."""
+        return True
+
+    def residual_conv(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _body(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def residual_tail(self, out: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def residual(self, x: Tensor) -> Tensor:
+        """The residual branch before the shortcut is added."""
+        return self.residual_tail(self.residual_conv(x))
+
+    def _recomputes_input(self) -> bool:
+        norm = getattr(self, self.last_norm)
+        return (self.mrla is not None and self.mrla_recompute_input
+                and self.tail_is_norm and torch.is_grad_enabled()
+                and isinstance(norm, _BatchNorm)
+                and not (norm.training and isinstance(norm, nn.SyncBatchNorm)))
+
+    def _body(self,
+              x: Tensor,
+              maps: Optional[RecomputedMaps] = None) -> Tuple[Tensor, Tensor]:
         identity = x if self.downsample is None else self.downsample(x)
+        if maps is not None and self._recomputes_input():
+            out = batch_norm_add_relu(
+                self.residual_conv(x),
+                identity,
+                maps=maps,
+                **batch_norm_args(getattr(self, self.last_norm)))
+            return out, identity
         out = self.residual(x)
         # In place, as mmdet's blocks add their shortcut: no new map.
         out += identity
         return self.relu(out), identity
 
-    def forward(self, x: Tensor, cache: Optional[MRLACache] = None) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                cache: Optional[MRLACache] = None,
+                maps: Optional[RecomputedMaps] = None) -> Tensor:
+        """Run the block; ``cache`` is its stage's MRLA-base cache, ``maps``
+        its stage's :class:`RecomputedMaps` (both made by
+        :func:`mrla_stage_forward`)."""
         descriptor = None
         if self.mrla is not None and not torch.is_grad_enabled():
             # MRLA's channel means are taken while the block output is
@@ -122,7 +175,7 @@ class MRLABlockMixin:
         elif self.with_cp and x.requires_grad:
             out, identity = cp.checkpoint(self._body, x, use_reentrant=False)
         else:
-            out, identity = self._body(x)
+            out, identity = self._body(x, maps)
         if isinstance(self.mrla, MRLALight):
             folded = self._folded_mrla_norm(out, 'mrla_light_core')
             if folded is not None:
@@ -166,9 +219,18 @@ class MRLABlockMixin:
 
 
 def mrla_stage_forward(blocks: nn.Sequential, x: Tensor) -> Tensor:
-    """Run a stage of MRLA blocks, sharing one MRLA-base cache among them."""
+    """Run a stage of MRLA blocks, sharing one MRLA-base cache among them,
+    and, in training, one :class:`RecomputedMaps` for the blocks that
+    recompute their MRLA input."""
     first = blocks[0].mrla
     cache = first.new_cache() if isinstance(first, MRLABase) else None
-    for block in blocks:
-        x = block(x, cache)
+    if not (torch.is_grad_enabled() and any(
+            getattr(block, 'mrla_recompute_input', False)
+            for block in blocks)):
+        for block in blocks:
+            x = block(x, cache)
+        return x
+    with RecomputedMaps() as maps:
+        for block in blocks:
+            x = block(x, cache, maps)
     return x

@@ -11,27 +11,36 @@ from .mrla_block import MRLABlockMixin, mrla_stage_forward
 class MRLABasicBlock(MRLABlockMixin, BasicBlock):
     """mmdet's :class:`BasicBlock` with an MRLA branch (ResNet-18/34)."""
 
-    last_conv = 'conv2'
+    last_conv, last_norm = 'conv2', 'norm2'
 
-    def residual(self, x: Tensor) -> Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
-        return self.norm2(self.conv2(out))
+    def residual_conv(self, x: Tensor) -> Tensor:
+        return self.conv2(self.relu(self.norm1(self.conv1(x))))
+
+    def residual_tail(self, out: Tensor) -> Tensor:
+        return self.norm2(out)
 
 
 class MRLABottleneck(MRLABlockMixin, Bottleneck):
     """mmdet's :class:`Bottleneck` with an MRLA branch (ResNet-50 and up)."""
 
-    def residual(self, x: Tensor) -> Tensor:
+    def residual_conv(self, x: Tensor) -> Tensor:
         out = self.relu(self.norm1(self.conv1(x)))
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
         out = self.relu(self.norm2(self.conv2(out)))
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv2_plugin_names)
-        out = self.norm3(self.conv3(out))
+        return self.conv3(out)
+
+    def residual_tail(self, out: Tensor) -> Tensor:
+        out = self.norm3(out)
         if self.with_plugins:
             out = self.forward_plugin(out, self.after_conv3_plugin_names)
         return out
+
+    @property
+    def tail_is_norm(self) -> bool:
+        return not (self.with_plugins and self.after_conv3_plugin_names)
 
 
 class MRLAResLayer(ResLayer):
@@ -53,9 +62,11 @@ class MRLAResNetMixin:
                  depth: int,
                  mrla_cfg: Optional[dict] = dict(type='MRLALight'),
                  mrla_drop_path: float = 0.,
+                 mrla_recompute_input: bool = False,
                  **kwargs):
         self.mrla_cfg = mrla_cfg
         self.mrla_drop_path = mrla_drop_path
+        self.mrla_recompute_input = mrla_recompute_input
         default_init = (kwargs.get('init_cfg') is None
                         and kwargs.get('pretrained') is None)
         self._zero_init_last_norm = default_init and kwargs.get(
@@ -71,6 +82,7 @@ class MRLAResNetMixin:
         return MRLAResLayer(
             mrla_cfg=self.mrla_cfg,
             mrla_drop_path=self.mrla_drop_path,
+            mrla_recompute_input=self.mrla_recompute_input,
             **kwargs)
 
 
@@ -94,6 +106,11 @@ class MRLAResNet(MRLAResNetMixin, ResNet):
         mrla_drop_path (float): Drop-path rate of the MRLA branch of every
             block (the authors' ImageNet models used 0.2, their detection
             backbone 0). Defaults to 0.
+        mrla_recompute_input (bool): In training, rebuild each block's MRLA
+            input in the backward instead of storing it next to the block
+            output: one map of the block's width less per block (ResNet-101
+            MRLA-base: see docs/benchmarks.md), for an elementwise pass per
+            read. Outputs and gradients are unchanged. Defaults to False.
         **kwargs: Arguments of mmdet's :class:`ResNet`.
     """
 

@@ -1,5 +1,6 @@
 from typing import Optional
 
+import torch.nn as nn
 from mmpretrain.models.backbones.resnet import (
     BasicBlock,
     Bottleneck,
@@ -15,20 +16,32 @@ from .mrla_block import MRLABlockMixin, mrla_stage_forward
 class MRLAClsBasicBlock(MRLABlockMixin, BasicBlock):
     """mmpretrain's :class:`BasicBlock` with an MRLA branch."""
 
-    last_conv = 'conv2'
+    last_conv, last_norm = 'conv2', 'norm2'
 
-    def residual(self, x: Tensor) -> Tensor:
-        out = self.relu(self.norm1(self.conv1(x)))
-        return self.drop_path(self.norm2(self.conv2(out)))
+    def residual_conv(self, x: Tensor) -> Tensor:
+        return self.conv2(self.relu(self.norm1(self.conv1(x))))
+
+    def residual_tail(self, out: Tensor) -> Tensor:
+        return self.drop_path(self.norm2(out))
+
+    @property
+    def tail_is_norm(self) -> bool:
+        return isinstance(self.drop_path, nn.Identity)
 
 
 class MRLAClsBottleneck(MRLABlockMixin, Bottleneck):
     """mmpretrain's :class:`Bottleneck` with an MRLA branch."""
 
-    def residual(self, x: Tensor) -> Tensor:
+    def residual_conv(self, x: Tensor) -> Tensor:
         out = self.relu(self.norm1(self.conv1(x)))
-        out = self.relu(self.norm2(self.conv2(out)))
-        return self.drop_path(self.norm3(self.conv3(out)))
+        return self.conv3(self.relu(self.norm2(self.conv2(out))))
+
+    def residual_tail(self, out: Tensor) -> Tensor:
+        return self.drop_path(self.norm3(out))
+
+    @property
+    def tail_is_norm(self) -> bool:
+        return isinstance(self.drop_path, nn.Identity)
 
 
 class MRLAClsResLayer(ResLayer):
@@ -55,6 +68,11 @@ class MRLAClsResNet(ResNet):
         mrla_drop_path (float): Drop-path rate of the MRLA branch of every
             block; the authors trained their ImageNet models with 0.2.
             Defaults to 0.
+        mrla_recompute_input (bool): In training, rebuild each block's MRLA
+            input in the backward instead of storing it next to the block
+            output: one map of the block's width less per block (ResNet-101
+            MRLA-base: see docs/benchmarks.md), for an elementwise pass per
+            read. Outputs and gradients are unchanged. Defaults to False.
         **kwargs: Arguments of mmpretrain's :class:`ResNet`.
     """
 
@@ -70,13 +88,16 @@ class MRLAClsResNet(ResNet):
                  depth: int,
                  mrla_cfg: Optional[dict] = dict(type='MRLALight'),
                  mrla_drop_path: float = 0.,
+                 mrla_recompute_input: bool = False,
                  **kwargs):
         self.mrla_cfg = mrla_cfg
         self.mrla_drop_path = mrla_drop_path
+        self.mrla_recompute_input = mrla_recompute_input
         super().__init__(depth, **kwargs)
 
     def make_res_layer(self, **kwargs) -> MRLAClsResLayer:
         return MRLAClsResLayer(
             mrla_cfg=self.mrla_cfg,
             mrla_drop_path=self.mrla_drop_path,
+            mrla_recompute_input=self.mrla_recompute_input,
             **kwargs)

@@ -1,0 +1,253 @@
+"""The end of a residual block, ``relu(batch_norm(x) + identity)``, with
+its output recomputed in the backward instead of stored.
+
+A ResNet block with MRLA keeps two maps of the block's width where the
+plain block keeps one: the body's output ``o`` (saved by the body's ReLU
+and by the MRLA branch, which reads it) and the block output ``o +
+branch`` (saved by the next block). ``o`` is cheap to recompute from what
+the step keeps anyway, the last convolution's output (saved by its norm)
+and the shortcut, so here it is not stored: the op's own backward rebuilds
+it for the ReLU's mask, and :class:`RecomputedMaps` has every other op
+that saves ``o`` keep this recipe in its place.
+"""
+import threading
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+
+def _normalize(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+               mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    """``batch_norm(x)`` with given statistics; deterministic, so that the
+    backward rebuilds the forward's output bit for bit."""
+    return torch.native_batch_norm(x, weight, bias, mean, var, False, 0.,
+                                   eps)[0]
+
+
+class BatchNormAddReLURecipe:
+    """What rebuilds ``relu(batch_norm(x) + identity)``: the references
+    keep no map alive that the step does not keep anyway."""
+
+    def __init__(self, x: Tensor, identity: Tensor, weight: Optional[Tensor],
+                 bias: Optional[Tensor], mean: Tensor, var: Tensor,
+                 invstd: Tensor, eps: float):
+        self.x, self.identity = x, identity
+        self.weight, self.bias = weight, bias
+        self.mean, self.var, self.invstd, self.eps = mean, var, invstd, eps
+
+    def compute(self) -> Tensor:
+        detached = [None if t is None else t.detach()
+                    for t in (self.weight, self.bias)]
+        out = _normalize(self.x.detach(), *detached, self.mean, self.var,
+                         self.eps)
+        return out.add_(self.identity.detach()).relu_()
+
+
+class BatchNormAddReLUFunction(Function):
+    """``relu(batch_norm(x) + identity)`` from given statistics, which
+    keeps its inputs and the statistics, not its output.
+
+    With ``batch_stats`` the statistics are ``x``'s own (their dependence
+    on ``x`` is in the backward); else they are constants (running
+    statistics). First-order gradients come from ATen's batch norm
+    backward; a double backward goes through the PyTorch composition.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, identity: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], mean: Tensor, var: Tensor,
+                invstd: Tensor, batch_stats: bool, eps: float) -> Tensor:
+        ctx.batch_stats, ctx.eps = batch_stats, eps
+        ctx.save_for_backward(x, identity, weight, bias, mean, var, invstd)
+        return BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
+                                      invstd, eps).compute()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, identity, weight, bias, mean, var, invstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_out)
+        out = BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
+                                     invstd, ctx.eps).compute()
+        grad_sum = torch.ops.aten.threshold_backward(grad_out, out, 0)
+        del out
+        wants = [
+            ctx.needs_input_grad[0], weight is not None
+            and ctx.needs_input_grad[2], bias is not None
+            and ctx.needs_input_grad[3]
+        ]
+        grads = (None, None, None)
+        if any(wants):
+            grads = torch.ops.aten.native_batch_norm_backward(
+                grad_sum, x,
+                None if weight is None else weight.detach(), mean, var, mean,
+                invstd, ctx.batch_stats, ctx.eps, wants)
+            # A kernel may return what was not asked for; autograd refuses
+            # a gradient for an input that is None.
+            grads = [g if want else None for g, want in zip(grads, wants)]
+        return (grads[0], grad_sum if ctx.needs_input_grad[1] else None,
+                grads[1], grads[2], None, None, None, None, None)
+
+
+def _differentiable_backward(ctx, grad_out: Tensor):
+    """Gradients through the PyTorch composition, with their graph (double
+    backward). With batch statistics the norm is re-run on the batch."""
+    x, identity, weight, bias, mean, var, _ = ctx.saved_tensors
+    inputs = (x, identity, weight, bias)
+    with torch.enable_grad():
+        if ctx.batch_stats:
+            z = F.batch_norm(x, None, None, weight, bias, True, 0., ctx.eps)
+        else:
+            z = F.batch_norm(x, mean, var, weight, bias, False, 0., ctx.eps)
+        out = torch.relu(z + identity)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(
+            torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+    return (*(next(grads) if t is not None and t.requires_grad else None
+              for t in inputs), None, None, None, None, None)
+
+
+def _batch_moments(x: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Channel mean, biased variance and ``1 / sqrt(var + eps)`` of ``x``
+    over the batch, in float32 (float64 for float64 maps)."""
+    if x.is_cuda:
+        mean, invstd = torch.batch_norm_stats(x, eps)
+        return mean, invstd.pow(-2) - eps, invstd
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    var, mean = torch.var_mean(x.to(acc), dim=(0, 2, 3), correction=0)
+    return mean, var, torch.rsqrt(var + eps)
+
+
+def batch_norm_add_relu(x: Tensor,
+                        identity: Tensor,
+                        *,
+                        running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor],
+                        weight: Optional[Tensor] = None,
+                        bias: Optional[Tensor] = None,
+                        training: bool = False,
+                        momentum: float = 0.1,
+                        eps: float = 1e-5,
+                        maps: Optional['RecomputedMaps'] = None) -> Tensor:
+    """``relu(batch_norm(x) + identity)``, its output not stored for the
+    backward.
+
+    The norm arguments are those of :func:`torch.nn.functional.batch_norm`
+    and mean the same (batch statistics and an in-place running update with
+    ``training``, else the running statistics).
+
+    Args:
+        x (Tensor): the residual branch before its last norm,
+            ``[B, C, H, W]``.
+        identity (Tensor): the shortcut, shaped as ``x``.
+        running_mean (Tensor, optional): ``[C]``.
+        running_var (Tensor, optional): ``[C]``.
+        weight (Tensor, optional): the norm's ``gamma`` ``[C]``.
+        bias (Tensor, optional): the norm's ``beta`` ``[C]``.
+        training (bool): normalise with the batch statistics.
+        momentum (float): running-statistics update factor.
+        eps (float): added to the variance.
+        maps (RecomputedMaps, optional): where to register the output, so
+            that the other ops that save it keep its recipe instead.
+
+    Returns:
+        Tensor: ``[B, C, H, W]``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f'x must be a [B, C, H, W] map, got shape '
+                         f'{tuple(x.shape)}')
+    if identity.shape != x.shape:
+        raise ValueError(f'identity must have the shape of x '
+                         f'{tuple(x.shape)}, got {tuple(identity.shape)}')
+    if training:
+        with torch.no_grad():
+            mean, var, invstd = _batch_moments(x, eps)
+            if running_mean is not None:
+                count = x.numel() // x.shape[1]
+                running_mean.mul_(1 - momentum).add_(
+                    mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(
+                    (var * count / max(count - 1, 1)).to(running_var.dtype),
+                    alpha=momentum)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError('running_mean and running_var are required '
+                             'when training is False')
+        mean, var = running_mean.detach(), running_var.detach()
+        invstd = torch.rsqrt(var + eps)
+    out = BatchNormAddReLUFunction.apply(x, identity, weight, bias, mean, var,
+                                         invstd, training, eps)
+    if maps is not None:
+        maps.register(
+            out,
+            BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
+                                   invstd, eps))
+    return out
+
+
+class RecomputedMaps:
+    """While active (a context manager), every op that saves a registered
+    map for the backward keeps its recipe instead, and the backward
+    rebuilds the map where it is needed.
+
+    Built on :func:`torch.autograd.graph.saved_tensors_hooks`; a map is
+    recognised by its storage, shape, strides and version, so a map
+    changed in place after it was registered is saved as it is. An op that
+    saves many maps and reads them one at a time in its backward asks
+    :meth:`recipe_of` and keeps the recipes itself, so that the rebuilt
+    maps do not all exist at once.
+    """
+
+    _active = threading.local()
+
+    def __init__(self):
+        self._maps: Dict[int, tuple] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(
+            self._pack, self._unpack)
+
+    def register(self, out: Tensor, recipe: BatchNormAddReLURecipe) -> None:
+        """Have ops save ``recipe`` in place of ``out`` from now on."""
+        self._maps[out.data_ptr()] = (out, out._version, recipe)
+
+    @classmethod
+    def recipe_of(cls, t: Tensor) -> Optional[BatchNormAddReLURecipe]:
+        """The recipe of ``t`` in the innermost active instance, if any."""
+        stack: List['RecomputedMaps'] = getattr(cls._active, 'stack', [])
+        return stack[-1]._recipe(t) if stack else None
+
+    def __enter__(self) -> 'RecomputedMaps':
+        self._hooks.__enter__()
+        if not hasattr(self._active, 'stack'):
+            self._active.stack = []
+        self._active.stack.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._active.stack.remove(self)
+        self._hooks.__exit__(*exc)
+        # The maps held here must not outlive the forward that made them.
+        self._maps.clear()
+
+    def _recipe(self, t: Tensor) -> Optional[BatchNormAddReLURecipe]:
+        entry = (self._maps.get(t.data_ptr())
+                 if t.layout == torch.strided and t.numel() else None)
+        if entry is None:
+            return None
+        out, version, recipe = entry
+        if (t.shape != out.shape or t.stride() != out.stride()
+                or t.dtype != out.dtype or t._version != version):
+            return None
+        return recipe
+
+    def _pack(self, t: Tensor):
+        recipe = self._recipe(t)
+        return t if recipe is None else recipe
+
+    @staticmethod
+    def _unpack(packed):
+        if isinstance(packed, BatchNormAddReLURecipe):
+            return packed.compute()
+        return packed

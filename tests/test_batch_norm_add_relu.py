@@ -1,0 +1,191 @@
+"""``relu(batch_norm(x) + identity)`` that rebuilds its output in the
+backward, :class:`RecomputedMaps`, and the blocks that use them
+(``mrla_recompute_input``)."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+from torch.profiler import ProfilerActivity, profile
+
+from mrla_mm.models import MRLAClsResNet, MRLAResNet
+from mrla_mm.models.layers.batch_norm_args import batch_norm_args
+from mrla_mm.ops.batch_norm_add_relu import (
+    BatchNormAddReLURecipe,
+    RecomputedMaps,
+    batch_norm_add_relu,
+)
+from conftest import rel_err
+
+LIGHT, BASE = dict(type='MRLALight'), dict(type='MRLABase')
+
+
+def _norms(c, dtype, training, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = nn.BatchNorm2d(c).to(dtype)
+    a.weight.data = torch.rand(c, generator=g, dtype=dtype) + 0.5
+    a.bias.data = torch.randn(c, generator=g, dtype=dtype)
+    a.running_mean.normal_(generator=g)
+    a.running_var.uniform_(0.5, 2, generator=g)
+    b = nn.BatchNorm2d(c).to(dtype)
+    b.load_state_dict(a.state_dict())
+    return a.train(training), b.train(training)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_matches_the_modules(dtype, training, channels_last):
+    """Output, gradients and the running statistics are the BatchNorm
+    module's, followed by the add and the ReLU."""
+    module, fused = _norms(6, dtype, training)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 6, 5, 7, dtype=dtype).to(memory_format=fmt)
+    identity = torch.randn(3, 6, 5, 7, dtype=dtype)
+    x.requires_grad_()
+    identity.requires_grad_()
+    ref = torch.relu(module(x) + identity)
+    out = batch_norm_add_relu(x, identity, **batch_norm_args(fused))
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert rel_err(out, ref) < tol
+    grad = torch.randn_like(ref)
+    inputs = [x, identity]
+    want = torch.autograd.grad(ref, inputs + list(module.parameters()), grad)
+    got = torch.autograd.grad(out, inputs + list(fused.parameters()), grad)
+    for name, g, w in zip(['x', 'identity', 'weight', 'bias'], got, want):
+        assert rel_err(g, w) < 10 * tol, name
+    for name in ('running_mean', 'running_var'):
+        assert rel_err(getattr(fused, name), getattr(module, name)) < tol
+    assert fused.num_batches_tracked == module.num_batches_tracked
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_gradcheck_and_double_backward(training, one_thread):
+    module, _ = _norms(3, torch.float64, training)
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    identity = torch.randn(2, 3, 3, 4, dtype=torch.float64,
+                           requires_grad=True)
+    weight = module.weight.detach().clone().requires_grad_()
+    bias = module.bias.detach().clone().requires_grad_()
+    rm, rv = module.running_mean.clone(), module.running_var.clone()
+
+    def fn(x, identity, weight, bias):
+        return batch_norm_add_relu(
+            x, identity, running_mean=rm.clone(), running_var=rv.clone(),
+            weight=weight, bias=bias, training=training)
+
+    assert gradcheck(fn, (x, identity, weight, bias))
+    assert gradgradcheck(fn, (x, identity, weight, bias))
+
+
+def test_bad_input_is_named():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r'x must be a \[B, C, H, W\] map'):
+        batch_norm_add_relu(x[0], x[0], running_mean=None,
+                            running_var=None, training=True)
+    with pytest.raises(ValueError, match='identity must have the shape'):
+        batch_norm_add_relu(x, x[:1], running_mean=None, running_var=None,
+                            training=True)
+    with pytest.raises(ValueError, match='running_mean and running_var'):
+        batch_norm_add_relu(x, x, running_mean=None, running_var=None)
+
+
+def test_recomputed_maps_save_the_recipe():
+    """An op that saves a registered map keeps its recipe and gets the map
+    rebuilt, bit for bit, in the backward; a map changed in place after it
+    was registered, or one never registered, is saved as it is."""
+    _, norm = _norms(4, torch.float32, True)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    identity = torch.randn(2, 4, 6, 6)
+    kernel = torch.randn(4, 1, 3, 3, requires_grad=True)
+    with RecomputedMaps() as maps:
+        o = batch_norm_add_relu(x, identity, maps=maps,
+                                **batch_norm_args(norm))
+        recipe = RecomputedMaps.recipe_of(o)
+        y = F.conv2d(o, kernel, padding=1, groups=4)
+        plain = x * 2
+        z = F.conv2d(plain, kernel, padding=1, groups=4)
+        changed = batch_norm_add_relu(x, identity, maps=maps,
+                                      **batch_norm_args(norm))
+        changed.mul_(2)
+        w = F.conv2d(changed, kernel, padding=1, groups=4)
+    assert isinstance(recipe, BatchNormAddReLURecipe)
+    assert RecomputedMaps.recipe_of(o) is None  # none active any more
+    rebuilt = y.grad_fn._saved_input
+    assert rebuilt.data_ptr() != o.data_ptr()
+    assert torch.equal(rebuilt, o)
+    assert z.grad_fn._saved_input.data_ptr() == plain.data_ptr()
+    assert w.grad_fn._saved_input.data_ptr() == changed.data_ptr()
+    # The rebuilt map gives the gradients the stored one gives.
+    grads = torch.autograd.grad(y.square().sum(), [x, kernel])
+    o2 = torch.relu(norm.train()(x) + identity)
+    want = torch.autograd.grad(
+        F.conv2d(o2, kernel, padding=1, groups=4).square().sum(), [x, kernel])
+    for g, ref in zip(grads, want):
+        assert rel_err(g, ref) < 1e-5
+
+
+def _same_models(cls, depth, cfg, **kwargs):
+    torch.manual_seed(2)
+    a = cls(depth, mrla_cfg=cfg, out_indices=(0, 1, 2, 3), **kwargs)
+    for p in a.parameters():
+        p.data.normal_(0, 0.5)
+    b = cls(depth, mrla_cfg=cfg, out_indices=(0, 1, 2, 3),
+            mrla_recompute_input=True, **kwargs)
+    b.load_state_dict(a.state_dict())
+    for model in (a, b):
+        # mmdet's ResNet.train() returns None.
+        model.double().train()
+    return a, b
+
+
+DET = (MRLAResNet, dict(norm_eval=False))
+CLS = (MRLAClsResNet, {})
+
+
+@pytest.mark.parametrize('host,depth,cfg,backend', [
+    (DET, 50, LIGHT, 'auto'), (DET, 50, BASE, 'auto'),
+    (DET, 50, LIGHT, 'pytorch'), (DET, 50, BASE, 'pytorch'),
+    (CLS, 50, LIGHT, 'auto'), (CLS, 18, BASE, 'auto')])
+def test_blocks_recomputing_their_input_are_the_same_model(
+        host, depth, cfg, backend, monkeypatch):
+    """Outputs, gradients and running statistics do not change; the blocks
+    hold less at the end of the forward, one map of each block's width."""
+    monkeypatch.setenv('MRLA_OPS_BACKEND', backend)
+    a, b = _same_models(host[0], depth, cfg, **host[1])
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    held = []
+    for model in (a, b):
+        outs, nbytes = _forward_holding(model, x)
+        held.append(nbytes)
+        sum((o * o.cos()).sum() for o in outs).backward()
+        model.outs = [o.detach() for o in outs]
+    for oa, ob in zip(a.outs, b.outs):
+        assert rel_err(ob, oa) < 1e-12
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert rel_err(pb.grad, pa.grad) < 1e-10, n
+    for (n, ba), bb in zip(a.named_buffers(), b.buffers()):
+        assert rel_err(bb, ba) < 1e-12, n
+    # One map per block, float64, batch 2: stage 1 at 16 x 16, each later
+    # stage twice the channels at a quarter of the pixels.
+    width = 256 if depth == 50 else 64
+    per_stage = [2 * 8 * width * 256 // 2**i for i in range(4)]
+    blocks = (3, 4, 6, 3) if depth == 50 else (2, 2, 2, 2)
+    saved = sum(n * m for n, m in zip(blocks, per_stage))
+    if cfg is BASE:
+        # The first block of each stage now keeps its downsampled shortcut
+        # to rebuild ``o`` (MRLA-light's branch keeps it anyway).
+        saved -= sum(per_stage)
+    assert held[0] - held[1] >= 0.95 * saved
+
+
+def _forward_holding(model, x):
+    """The outputs of ``model(x)`` and the bytes the forward left allocated
+    (what the backward holds, and the outputs), from the profiler's
+    allocation events."""
+    with profile(activities=[ProfilerActivity.CPU],
+                 profile_memory=True) as prof:
+        outs = model(x)
+    held = sum(e.nbytes() for e in prof.profiler.kineto_results.events()
+               if e.name() == '[memory]')
+    return outs, held
