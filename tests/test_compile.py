@@ -16,14 +16,15 @@ from mrla_mm.models import MRLAResNet
 from conftest import rel_err
 
 
-def _model(kind):
+def _model(kind, recompute_input=False):
     torch.manual_seed(0)
     return MRLAResNet(
         18,
         mrla_cfg=dict(type=kind),
         deep_stem=kind == 'MRLABase',
         out_indices=(0, 1, 2, 3),
-        norm_eval=False).double()
+        norm_eval=False,
+        mrla_recompute_input=recompute_input).double()
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +35,13 @@ def _fresh_compile_caches(monkeypatch):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize('kind', ['MRLALight', 'MRLABase'])
-def test_training_step_compiles_to_one_graph(kind):
-    eager = _model(kind)
+@pytest.mark.parametrize('kind,recompute_input', [('MRLALight', False),
+                                                  ('MRLABase', False),
+                                                  ('MRLABase', True)])
+def test_training_step_compiles_to_one_graph(kind, recompute_input):
+    """Blocks that rebuild MRLA's input in eager mode leave that to the
+    compiler (saved-tensor hooks would split the graph)."""
+    eager = _model(kind, recompute_input)
     compiled = copy.deepcopy(eager)
     step = torch.compile(compiled, backend='aot_eager', fullgraph=True)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)

@@ -224,7 +224,8 @@ def mrla_stage_forward(blocks: nn.Sequential, x: Tensor) -> Tensor:
     recompute their MRLA input."""
     first = blocks[0].mrla
     cache = first.new_cache() if isinstance(first, MRLABase) else None
-    if not (torch.is_grad_enabled() and any(
+    # Under torch.compile the compiler plans what to keep and recompute.
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
             getattr(block, 'mrla_recompute_input', False)
             for block in blocks)):
         for block in blocks:
