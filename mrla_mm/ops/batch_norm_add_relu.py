@@ -11,7 +11,7 @@ it for the ReLU's mask, and :class:`RecomputedMaps` has every other op
 that saves ``o`` keep this recipe in its place.
 """
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,12 @@ def _normalize(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
 class BatchNormAddReLURecipe:
     """What rebuilds ``relu(batch_norm(x) + identity)``: the references
-    keep no map alive that the step does not keep anyway."""
+    keep no map alive that the step does not keep anyway.
+
+    A map rebuilt for an op that saved it is kept until the op's own
+    backward takes it for the ReLU's mask (that backward comes next), so
+    that one rebuild serves both.
+    """
 
     def __init__(self, x: Tensor, identity: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], mean: Tensor, var: Tensor,
@@ -37,13 +42,24 @@ class BatchNormAddReLURecipe:
         self.x, self.identity = x, identity
         self.weight, self.bias = weight, bias
         self.mean, self.var, self.invstd, self.eps = mean, var, invstd, eps
+        self._kept: Optional[Tensor] = None
 
-    def compute(self) -> Tensor:
+    def compute(self, keep: bool = False) -> Tensor:
+        """The map; with ``keep`` also held for :meth:`take`."""
         detached = [None if t is None else t.detach()
                     for t in (self.weight, self.bias)]
         out = _normalize(self.x.detach(), *detached, self.mean, self.var,
                          self.eps)
-        return out.add_(self.identity.detach()).relu_()
+        out = out.add_(self.identity.detach()).relu_()
+        if keep:
+            self._kept = out
+        return out
+
+    def take(self) -> Tensor:
+        """The map held by the last ``compute(keep=True)``, let go here, or
+        a new one."""
+        out, self._kept = self._kept, None
+        return self.compute() if out is None else out
 
 
 class BatchNormAddReLUFunction(Function):
@@ -59,19 +75,18 @@ class BatchNormAddReLUFunction(Function):
     @staticmethod
     def forward(ctx, x: Tensor, identity: Tensor, weight: Optional[Tensor],
                 bias: Optional[Tensor], mean: Tensor, var: Tensor,
-                invstd: Tensor, batch_stats: bool, eps: float) -> Tensor:
-        ctx.batch_stats, ctx.eps = batch_stats, eps
+                invstd: Tensor, batch_stats: bool, eps: float,
+                recipe: BatchNormAddReLURecipe) -> Tensor:
+        ctx.batch_stats, ctx.eps, ctx.recipe = batch_stats, eps, recipe
         ctx.save_for_backward(x, identity, weight, bias, mean, var, invstd)
-        return BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
-                                      invstd, eps).compute()
+        return recipe.compute()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, identity, weight, bias, mean, var, invstd = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_out)
-        out = BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
-                                     invstd, ctx.eps).compute()
+        out = ctx.recipe.take()
         grad_sum = torch.ops.aten.threshold_backward(grad_out, out, 0)
         del out
         wants = [
@@ -89,7 +104,7 @@ class BatchNormAddReLUFunction(Function):
             # a gradient for an input that is None.
             grads = [g if want else None for g, want in zip(grads, wants)]
         return (grads[0], grad_sum if ctx.needs_input_grad[1] else None,
-                grads[1], grads[2], None, None, None, None, None)
+                grads[1], grads[2], None, None, None, None, None, None)
 
 
 def _differentiable_backward(ctx, grad_out: Tensor):
@@ -107,18 +122,7 @@ def _differentiable_backward(ctx, grad_out: Tensor):
         grads = iter(
             torch.autograd.grad(out, wanted, grad_out, create_graph=True))
     return (*(next(grads) if t is not None and t.requires_grad else None
-              for t in inputs), None, None, None, None, None)
-
-
-def _batch_moments(x: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Channel mean, biased variance and ``1 / sqrt(var + eps)`` of ``x``
-    over the batch, in float32 (float64 for float64 maps)."""
-    if x.is_cuda:
-        mean, invstd = torch.batch_norm_stats(x, eps)
-        return mean, invstd.pow(-2) - eps, invstd
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    var, mean = torch.var_mean(x.to(acc), dim=(0, 2, 3), correction=0)
-    return mean, var, torch.rsqrt(var + eps)
+              for t in inputs), None, None, None, None, None, None)
 
 
 def batch_norm_add_relu(x: Tensor,
@@ -164,27 +168,23 @@ def batch_norm_add_relu(x: Tensor,
                          f'{tuple(x.shape)}, got {tuple(identity.shape)}')
     if training:
         with torch.no_grad():
-            mean, var, invstd = _batch_moments(x, eps)
-            if running_mean is not None:
-                count = x.numel() // x.shape[1]
-                running_mean.mul_(1 - momentum).add_(
-                    mean.to(running_mean.dtype), alpha=momentum)
-                running_var.mul_(1 - momentum).add_(
-                    (var * count / max(count - 1, 1)).to(running_var.dtype),
-                    alpha=momentum)
+            # The batch mean and biased variance, and the running update
+            # a BatchNorm module makes (unbiased variance), from one pass.
+            mean, var = torch.batch_norm_update_stats(
+                x, running_mean, running_var, momentum)
+        invstd = torch.rsqrt(var + eps)
     else:
         if running_mean is None or running_var is None:
             raise ValueError('running_mean and running_var are required '
                              'when training is False')
         mean, var = running_mean.detach(), running_var.detach()
         invstd = torch.rsqrt(var + eps)
+    recipe = BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
+                                    invstd, eps)
     out = BatchNormAddReLUFunction.apply(x, identity, weight, bias, mean, var,
-                                         invstd, training, eps)
+                                         invstd, training, eps, recipe)
     if maps is not None:
-        maps.register(
-            out,
-            BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
-                                   invstd, eps))
+        maps.register(out, recipe)
     return out
 
 
@@ -249,5 +249,5 @@ class RecomputedMaps:
     @staticmethod
     def _unpack(packed):
         if isinstance(packed, BatchNormAddReLURecipe):
-            return packed.compute()
+            return packed.compute(keep=True)
         return packed
