@@ -18,6 +18,7 @@ from mrla_mm.ops.batch_norm_add_relu import (
 from conftest import rel_err
 
 LIGHT, BASE = dict(type='MRLALight'), dict(type='MRLABase')
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 def _norms(c, dtype, training, seed=0):
@@ -32,16 +33,18 @@ def _norms(c, dtype, training, seed=0):
     return a.train(training), b.train(training)
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_matches_the_modules(dtype, training, channels_last):
+def test_matches_the_modules(device, dtype, training, channels_last):
     """Output, gradients and the running statistics are the BatchNorm
     module's, followed by the add and the ReLU."""
-    module, fused = _norms(6, dtype, training)
+    module, fused = (n.to(device) for n in _norms(6, dtype, training))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(3, 6, 5, 7, dtype=dtype).to(memory_format=fmt)
-    identity = torch.randn(3, 6, 5, 7, dtype=dtype)
+    x = torch.randn(3, 6, 5, 7, dtype=dtype, device=device).to(
+        memory_format=fmt)
+    identity = torch.randn(3, 6, 5, 7, dtype=dtype, device=device)
     x.requires_grad_()
     identity.requires_grad_()
     ref = torch.relu(module(x) + identity)

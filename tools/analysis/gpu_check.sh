@@ -49,7 +49,8 @@ xdist=()
 $PY -c 'import xdist' 2>/dev/null && xdist=(-n 8)
 step tests 240 15 $PY -m pytest -q -p no:cacheprovider "${xdist[@]}" -k cuda \
     tests/test_ops_mrla.py tests/test_ops_light_norm.py \
-    tests/test_ops_base_norm.py tests/test_fused_inference.py
+    tests/test_ops_base_norm.py tests/test_fused_inference.py \
+    tests/test_batch_norm_add_relu.py
 
 for dtype in ${OPS_DTYPES:-bfloat16}; do
     step "ops_$dtype" 90 40 $PY tools/analysis/benchmark_ops.py --device cuda \
