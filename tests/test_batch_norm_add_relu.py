@@ -196,3 +196,20 @@ def _forward_holding(model, x):
     held = sum(e.nbytes() for e in prof.profiler.kineto_results.events()
                if e.name() == '[memory]')
     return outs, held
+
+
+@pytest.mark.parametrize('kwargs,reason', [
+    (dict(with_cp=True), 'with_cp=True'),
+    (dict(norm_cfg=dict(type='GN', num_groups=8)), 'GroupNorm, not a'),
+    (dict(norm_cfg=dict(type='SyncBN')), 'SyncBatchNorm'),
+    (dict(plugins=[dict(cfg=dict(type='ContextBlock', ratio=1. / 4),
+                        position='after_conv3')]), 'plugin or drop path'),
+])
+def test_says_when_recompute_input_cannot_act(kwargs, reason):
+    with pytest.warns(UserWarning, match=reason):
+        MRLAResNet(50, mrla_recompute_input=True, **kwargs)
+
+
+def test_mmpretrain_drop_path_keeps_the_input_stored():
+    with pytest.warns(UserWarning, match='plugin or drop path'):
+        MRLAClsResNet(50, mrla_recompute_input=True, drop_path_rate=0.1)

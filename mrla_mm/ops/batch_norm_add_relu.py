@@ -11,6 +11,7 @@ it for the ReLU's mask, and :class:`RecomputedMaps` has every other op
 that saves ``o`` keep this recipe in its place.
 """
 import threading
+import weakref
 from typing import Dict, List, Optional
 
 import torch
@@ -209,8 +210,12 @@ class RecomputedMaps:
             self._pack, self._unpack)
 
     def register(self, out: Tensor, recipe: BatchNormAddReLURecipe) -> None:
-        """Have ops save ``recipe`` in place of ``out`` from now on."""
-        self._maps[out.data_ptr()] = (out, out._version, recipe)
+        """Have ops save ``recipe`` in place of ``out`` from now on.
+
+        ``out`` is held weakly: a map no longer used lets its memory go,
+        and a new tensor there is not taken for it.
+        """
+        self._maps[out.data_ptr()] = (weakref.ref(out), out._version, recipe)
 
     @classmethod
     def recipe_of(cls, t: Tensor) -> Optional[BatchNormAddReLURecipe]:
@@ -236,8 +241,9 @@ class RecomputedMaps:
                  if t.layout == torch.strided and t.numel() else None)
         if entry is None:
             return None
-        out, version, recipe = entry
-        if (t.shape != out.shape or t.stride() != out.stride()
+        ref, version, recipe = entry
+        out = ref()
+        if (out is None or t.shape != out.shape or t.stride() != out.stride()
                 or t.dtype != out.dtype or t._version != version):
             return None
         return recipe

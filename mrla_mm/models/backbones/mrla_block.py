@@ -1,3 +1,4 @@
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -72,6 +73,8 @@ class MRLABlockMixin:
         self.mrla = build_mrla_layer(mrla_cfg, channels, RESNET_DIM_PER_HEAD)
         if self.mrla is None:
             return
+        if mrla_recompute_input:
+            self._check_recompute_input()
         self.mrla_norm_name, norm = build_norm_layer(
             kwargs.get('norm_cfg', dict(type='BN')), channels,
             postfix='_mrla')
@@ -134,6 +137,28 @@ class MRLABlockMixin:
     def residual(self, x: Tensor) -> Tensor:
         """The residual branch before the shortcut is added."""
         return self.residual_tail(self.residual_conv(x))
+
+    def _check_recompute_input(self) -> None:
+        """Say which setting keeps ``mrla_recompute_input`` from acting."""
+        norm = getattr(self, self.last_norm)
+        reason = None
+        if self.with_cp:
+            reason = ('with_cp=True checkpoints the residual body, which '
+                      'then runs without it')
+        elif not self.tail_is_norm:
+            reason = ('a plugin or drop path follows the last norm of the '
+                      'residual branch')
+        elif not isinstance(norm, _BatchNorm):
+            reason = (f'the last norm is {type(norm).__name__}, not a '
+                      'BatchNorm')
+        elif isinstance(norm, nn.SyncBatchNorm):
+            reason = ('the last norm is a SyncBatchNorm, which it leaves '
+                      'alone while the norm trains (it acts with norm_eval)')
+        if reason is not None:
+            warnings.warn(
+                f'mrla_recompute_input=True does not act in '
+                f'{type(self).__name__}: {reason}; MRLA\'s input is stored '
+                'there', stacklevel=3)
 
     def _recomputes_input(self) -> bool:
         norm = getattr(self, self.last_norm)
