@@ -13,7 +13,19 @@ from mrla_mm.registry import CLS_MODELS
 from .mrla_block import MRLABlockMixin, mrla_stage_forward
 
 
-class MRLAClsBasicBlock(MRLABlockMixin, BasicBlock):
+class MRLAClsBlockMixin(MRLABlockMixin):
+    """The residual tail of mmpretrain's blocks: the last norm, then the
+    block's drop path (stochastic depth)."""
+
+    def residual_tail(self, out: Tensor) -> Tensor:
+        return self.drop_path(getattr(self, self.last_norm)(out))
+
+    @property
+    def tail_is_norm(self) -> bool:
+        return isinstance(self.drop_path, nn.Identity)
+
+
+class MRLAClsBasicBlock(MRLAClsBlockMixin, BasicBlock):
     """mmpretrain's :class:`BasicBlock` with an MRLA branch."""
 
     last_conv, last_norm = 'conv2', 'norm2'
@@ -21,27 +33,13 @@ class MRLAClsBasicBlock(MRLABlockMixin, BasicBlock):
     def residual_conv(self, x: Tensor) -> Tensor:
         return self.conv2(self.relu(self.norm1(self.conv1(x))))
 
-    def residual_tail(self, out: Tensor) -> Tensor:
-        return self.drop_path(self.norm2(out))
 
-    @property
-    def tail_is_norm(self) -> bool:
-        return isinstance(self.drop_path, nn.Identity)
-
-
-class MRLAClsBottleneck(MRLABlockMixin, Bottleneck):
+class MRLAClsBottleneck(MRLAClsBlockMixin, Bottleneck):
     """mmpretrain's :class:`Bottleneck` with an MRLA branch."""
 
     def residual_conv(self, x: Tensor) -> Tensor:
         out = self.relu(self.norm1(self.conv1(x)))
         return self.conv3(self.relu(self.norm2(self.conv2(out))))
-
-    def residual_tail(self, out: Tensor) -> Tensor:
-        return self.drop_path(self.norm3(out))
-
-    @property
-    def tail_is_norm(self) -> bool:
-        return isinstance(self.drop_path, nn.Identity)
 
 
 class MRLAClsResLayer(ResLayer):
