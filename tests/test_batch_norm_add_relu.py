@@ -83,7 +83,7 @@ def test_gradcheck_and_double_backward(training, one_thread):
 
 def test_bad_input_is_named():
     x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(ValueError, match=r'x must be a \[B, C, H, W\] map'):
+    with pytest.raises(ValueError, match=r'x must be a 4-D \[B, C, H, W\]'):
         batch_norm_add_relu(x[0], x[0], running_mean=None,
                             running_var=None, training=True)
     with pytest.raises(ValueError, match='identity must have the shape'):
@@ -91,6 +91,10 @@ def test_bad_input_is_named():
                             training=True)
     with pytest.raises(ValueError, match='running_mean and running_var'):
         batch_norm_add_relu(x, x, running_mean=None, running_var=None)
+    with pytest.raises(ValueError, match='more than 1 value per channel'):
+        batch_norm_add_relu(x[:1, :, :1, :1], x[:1, :, :1, :1],
+                            running_mean=None, running_var=None,
+                            training=True)
 
 
 def test_recomputed_maps_save_the_recipe():

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from .checks import check_batch_norm_input, check_feature_map
+
 
 def _normalize(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                mean: Tensor, var: Tensor, eps: float) -> Tensor:
@@ -39,10 +41,10 @@ class BatchNormAddReLURecipe:
 
     def __init__(self, x: Tensor, identity: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], mean: Tensor, var: Tensor,
-                 invstd: Tensor, eps: float):
+                 eps: float):
         self.x, self.identity = x, identity
         self.weight, self.bias = weight, bias
-        self.mean, self.var, self.invstd, self.eps = mean, var, invstd, eps
+        self.mean, self.var, self.eps = mean, var, eps
         self._kept: Optional[Tensor] = None
 
     def compute(self, keep: bool = False) -> Tensor:
@@ -161,27 +163,23 @@ def batch_norm_add_relu(x: Tensor,
     Returns:
         Tensor: ``[B, C, H, W]``.
     """
-    if x.dim() != 4:
-        raise ValueError(f'x must be a [B, C, H, W] map, got shape '
-                         f'{tuple(x.shape)}')
+    # x sets the channels; only its rank is checked.
+    check_feature_map(x, x.shape[1] if x.dim() == 4 else 0, 'x')
     if identity.shape != x.shape:
         raise ValueError(f'identity must have the shape of x '
                          f'{tuple(x.shape)}, got {tuple(identity.shape)}')
+    check_batch_norm_input(x, running_mean, running_var, training)
     if training:
         with torch.no_grad():
             # The batch mean and biased variance, and the running update
             # a BatchNorm module makes (unbiased variance), from one pass.
             mean, var = torch.batch_norm_update_stats(
                 x, running_mean, running_var, momentum)
-        invstd = torch.rsqrt(var + eps)
     else:
-        if running_mean is None or running_var is None:
-            raise ValueError('running_mean and running_var are required '
-                             'when training is False')
         mean, var = running_mean.detach(), running_var.detach()
-        invstd = torch.rsqrt(var + eps)
+    invstd = torch.rsqrt(var + eps)
     recipe = BatchNormAddReLURecipe(x, identity, weight, bias, mean, var,
-                                    invstd, eps)
+                                    eps)
     out = BatchNormAddReLUFunction.apply(x, identity, weight, bias, mean, var,
                                          invstd, training, eps, recipe)
     if maps is not None:

@@ -73,8 +73,12 @@ class MRLABlockMixin:
         self.mrla = build_mrla_layer(mrla_cfg, channels, RESNET_DIM_PER_HEAD)
         if self.mrla is None:
             return
-        if mrla_recompute_input:
-            self._check_recompute_input()
+        reason = self._recompute_input_blocker()
+        if mrla_recompute_input and reason is not None:
+            warnings.warn(
+                f'mrla_recompute_input=True does not act in '
+                f'{type(self).__name__}: {reason}; MRLA\'s input is stored '
+                'there', stacklevel=2)
         self.mrla_norm_name, norm = build_norm_layer(
             kwargs.get('norm_cfg', dict(type='BN')), channels,
             postfix='_mrla')
@@ -138,34 +142,27 @@ class MRLABlockMixin:
         """The residual branch before the shortcut is added."""
         return self.residual_tail(self.residual_conv(x))
 
-    def _check_recompute_input(self) -> None:
-        """Say which setting keeps ``mrla_recompute_input`` from acting."""
+    def _recompute_input_blocker(self) -> Optional[str]:
+        """Why ``mrla_recompute_input`` cannot act in this block now, or
+        None."""
         norm = getattr(self, self.last_norm)
-        reason = None
         if self.with_cp:
-            reason = ('with_cp=True checkpoints the residual body, which '
-                      'then runs without it')
-        elif not self.tail_is_norm:
-            reason = ('a plugin or drop path follows the last norm of the '
-                      'residual branch')
-        elif not isinstance(norm, _BatchNorm):
-            reason = (f'the last norm is {type(norm).__name__}, not a '
-                      'BatchNorm')
-        elif isinstance(norm, nn.SyncBatchNorm):
-            reason = ('the last norm is a SyncBatchNorm, which it leaves '
-                      'alone while the norm trains (it acts with norm_eval)')
-        if reason is not None:
-            warnings.warn(
-                f'mrla_recompute_input=True does not act in '
-                f'{type(self).__name__}: {reason}; MRLA\'s input is stored '
-                'there', stacklevel=3)
+            return ('with_cp=True checkpoints the residual body, which then '
+                    'runs without it')
+        if not self.tail_is_norm:
+            return ('a plugin or drop path follows the last norm of the '
+                    'residual branch')
+        if not isinstance(norm, _BatchNorm):
+            return f'the last norm is {type(norm).__name__}, not a BatchNorm'
+        if norm.training and isinstance(norm, nn.SyncBatchNorm):
+            return ('the last norm is a SyncBatchNorm, which it leaves alone '
+                    'while the norm trains (it acts with norm_eval)')
+        return None
 
     def _recomputes_input(self) -> bool:
-        norm = getattr(self, self.last_norm)
         return (self.mrla is not None and self.mrla_recompute_input
-                and self.tail_is_norm and torch.is_grad_enabled()
-                and isinstance(norm, _BatchNorm)
-                and not (norm.training and isinstance(norm, nn.SyncBatchNorm)))
+                and torch.is_grad_enabled()
+                and self._recompute_input_blocker() is None)
 
     def _body(self,
               x: Tensor,
@@ -251,8 +248,7 @@ def mrla_stage_forward(blocks: nn.Sequential, x: Tensor) -> Tensor:
     cache = first.new_cache() if isinstance(first, MRLABase) else None
     # Under torch.compile the compiler plans what to keep and recompute.
     if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
-            getattr(block, 'mrla_recompute_input', False)
-            for block in blocks)):
+            block.mrla_recompute_input for block in blocks)):
         for block in blocks:
             x = block(x, cache)
         return x
