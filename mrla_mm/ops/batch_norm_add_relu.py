@@ -22,47 +22,52 @@ from torch.autograd import Function
 from .checks import check_batch_norm_input, check_feature_map
 
 
-def _normalize(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-               mean: Tensor, var: Tensor, eps: float) -> Tensor:
-    """``batch_norm(x)`` with given statistics; deterministic, so that the
-    backward rebuilds the forward's output bit for bit."""
-    return torch.native_batch_norm(x, weight, bias, mean, var, False, 0.,
-                                   eps)[0]
+def _block_end(x: Tensor, identity: Tensor, weight: Optional[Tensor],
+               bias: Optional[Tensor], mean: Tensor, var: Tensor,
+               eps: float) -> Tensor:
+    """``relu(batch_norm(x) + identity)`` with given statistics, outside
+    autograd; deterministic, so that the backward rebuilds the forward's
+    output bit for bit."""
+    weight, bias = (None if t is None else t.detach() for t in (weight, bias))
+    out = torch.native_batch_norm(x.detach(), weight, bias, mean, var, False,
+                                  0., eps)[0]
+    return out.add_(identity.detach()).relu_()
 
 
 class BatchNormAddReLURecipe:
     """What rebuilds ``relu(batch_norm(x) + identity)``: the references
     keep no map alive that the step does not keep anyway.
 
-    A map rebuilt for an op that saved it is kept until the op's own
-    backward takes it for the ReLU's mask (that backward comes next), so
-    that one rebuild serves both.
+    Once bound to the op's autograd context, ``x`` and ``identity`` are
+    read from the op's saved tensors, so that they go when the op's
+    backward lets them go, however long others hold the recipe.
     """
 
     def __init__(self, x: Tensor, identity: Tensor, weight: Optional[Tensor],
                  bias: Optional[Tensor], mean: Tensor, var: Tensor,
                  eps: float):
-        self.x, self.identity = x, identity
+        self._maps: Optional[tuple] = (x, identity)
+        self._ctx = None
+        self.shape = x.shape
         self.weight, self.bias = weight, bias
         self.mean, self.var, self.eps = mean, var, eps
-        self._kept: Optional[Tensor] = None
+
+    def bind(self, ctx) -> None:
+        """Read ``x`` and ``identity`` from ``ctx``'s first two saved
+        tensors from now on."""
+        self._ctx, self._maps = ctx, None
 
     def compute(self, keep: bool = False) -> Tensor:
-        """The map; with ``keep`` also held for :meth:`take`."""
-        detached = [None if t is None else t.detach()
-                    for t in (self.weight, self.bias)]
-        out = _normalize(self.x.detach(), *detached, self.mean, self.var,
-                         self.eps)
-        out = out.add_(self.identity.detach()).relu_()
-        if keep:
-            self._kept = out
+        """The map. With ``keep`` (a bound recipe) the op's own backward,
+        which comes next, takes it for the ReLU's mask instead of
+        rebuilding it: one rebuild serves both."""
+        x, identity = (self._maps if self._maps is not None else
+                       self._ctx.saved_tensors[:2])
+        out = _block_end(x, identity, self.weight, self.bias, self.mean,
+                         self.var, self.eps)
+        if keep and self._ctx is not None:
+            self._ctx.kept = out
         return out
-
-    def take(self) -> Tensor:
-        """The map held by the last ``compute(keep=True)``, let go here, or
-        a new one."""
-        out, self._kept = self._kept, None
-        return self.compute() if out is None else out
 
 
 class BatchNormAddReLUFunction(Function):
@@ -80,16 +85,22 @@ class BatchNormAddReLUFunction(Function):
                 bias: Optional[Tensor], mean: Tensor, var: Tensor,
                 invstd: Tensor, batch_stats: bool, eps: float,
                 recipe: BatchNormAddReLURecipe) -> Tensor:
-        ctx.batch_stats, ctx.eps, ctx.recipe = batch_stats, eps, recipe
+        ctx.batch_stats, ctx.eps = batch_stats, eps
         ctx.save_for_backward(x, identity, weight, bias, mean, var, invstd)
-        return recipe.compute()
+        ctx.kept = None
+        out = recipe.compute()
+        if any(ctx.needs_input_grad):
+            recipe.bind(ctx)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, identity, weight, bias, mean, var, invstd = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_out)
-        out = ctx.recipe.take()
+        out, ctx.kept = ctx.kept, None
+        if out is None:
+            out = _block_end(x, identity, weight, bias, mean, var, ctx.eps)
         grad_sum = torch.ops.aten.threshold_backward(grad_out, out, 0)
         del out
         wants = [

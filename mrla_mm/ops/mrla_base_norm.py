@@ -10,18 +10,18 @@ map is recomputed too, from the map it was computed from (the block's
 ``o``, which the block's ReLU saves already) and its depthwise kernel: the
 value maps then live only while the stage's forward needs them, and of
 MRLA-base's maps the training step saves only the block output. That costs
-compute: the backward of layer ``t`` of a stage recomputes ``t`` value maps
-(depthwise 3x3 passes).
+compute: the backward of layer ``t`` of a stage recomputes ``2 t`` value
+maps (depthwise 3x3 passes), a few at a time, once for the readout and once
+for its gradients, so that they never all exist together.
 """
-from contextlib import nullcontext
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-from .batch_norm_add_relu import RecomputedMaps
+from .batch_norm_add_relu import BatchNormAddReLURecipe, RecomputedMaps
 from .checks import (
     check_batch_norm_input,
     check_given_together,
@@ -31,6 +31,7 @@ from .ext_loader import use_compiled
 from .mrla_base import _fused_inference, readout_backward
 from .mrla_math import base_combine, base_weights, mrla_value
 from .mrla_value import mrla_value_map
+from .readout_gradients import ReadoutGradients
 
 # Recomputed value maps released per this many in the backward.
 RELEASE_CHUNK = 4
@@ -64,31 +65,36 @@ class MRLABaseNormFunction(Function):
 
     Inputs after the flags: ``x``, the softmax weights, the norm's weight
     and bias, its running statistics, then the ``T`` value maps; with
-    ``recompute`` also their ``T`` sources and ``T`` depthwise kernels
-    (``values[s] == act(dwconv3x3(sources[s], kernels[s]))``), which are
-    kept instead of the values. First-order gradients use the compiled
-    readout; a double backward goes through the PyTorch composition.
+    ``recompute`` also their ``T`` sources (maps, or recipes that rebuild
+    them) and ``T`` depthwise kernels (``values[s] ==
+    act(dwconv3x3(sources[s], kernels[s]))``), which are kept instead of
+    the values. With ``gradients`` the layer's value gradient is gathered
+    there (see :class:`ReadoutGradients`). First-order gradients use the
+    compiled readout; a double backward goes through the PyTorch
+    composition.
     """
 
     @staticmethod
     def forward(ctx, training: bool, momentum: float, eps: float,
-                value_act: str, recompute: bool, x: Tensor, weights: Tensor,
-                weight: Optional[Tensor], bias: Optional[Tensor],
-                running_mean: Optional[Tensor],
-                running_var: Optional[Tensor], *maps: Tensor) -> Tensor:
+                value_act: str, recompute: bool,
+                gradients: Optional[ReadoutGradients], x: Tensor,
+                weights: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], running_mean: Optional[Tensor],
+                running_var: Optional[Tensor], *maps) -> Tensor:
         num = len(maps) // 3 if recompute else len(maps)
-        readout = _fused_inference(weights, maps[:num], None, None, None)
+        ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
+        ctx.recompute, ctx.num_values = recompute, num
+        readout = _readout(weights, _value_chunks(ctx, maps))
         out = torch.native_batch_norm(readout, weight, bias, running_mean,
                                       running_var, training, momentum,
                                       eps)[0]
+        del readout
         out.relu_().add_(x)
-        ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
-        ctx.recompute, ctx.num_values = recompute, num
         kept = maps[num:] if recompute else maps
         # Sources that can be rebuilt are kept as their recipes and rebuilt
-        # one at a time in the backward (see RecomputedMaps).
+        # a few at a time in the backward (see RecomputedMaps).
         ctx.recipes = [
-            RecomputedMaps.recipe_of(m) if recompute and i < num else None
+            _recipe(m) if recompute and i < num else None
             for i, m in enumerate(kept)
         ]
         ctx.save_for_backward(
@@ -96,6 +102,9 @@ class MRLABaseNormFunction(Function):
             None if training else running_var,
             *(None if r is not None else m
               for m, r in zip(kept, ctx.recipes)))
+        ctx.gradients = gradients
+        if gradients is not None:
+            gradients.join(num - 1, ctx)
         return out
 
     @staticmethod
@@ -103,37 +112,73 @@ class MRLABaseNormFunction(Function):
         weights, weight, bias, running_mean, running_var, *maps = (
             ctx.saved_tensors)
         maps = [m if r is None else r for m, r in zip(maps, ctx.recipes)]
-        differentiable = torch.is_grad_enabled()
         if ctx.recompute:
-            value = mrla_value if differentiable else _value_no_grad
-            values = []
-            with torch.enable_grad() if differentiable else nullcontext():
-                for s in range(ctx.num_values):
-                    src = maps[s]
-                    if not isinstance(src, Tensor):
-                        src = src.compute()
-                    values.append(
-                        value(src, maps[ctx.num_values + s], ctx.value_act))
-                    del src
+            # Recomputed values replace the kept ones from here on.
+            maps = [None] * ctx.num_values + maps
+        if torch.is_grad_enabled():
+            grads = _differentiable_backward(ctx, grad_out, weights, weight,
+                                             bias, running_mean,
+                                             running_var, maps)
         else:
-            values = maps
-        backward = (_differentiable_backward
-                    if differentiable else _kernel_backward)
-        grad_weights, grad_weight, grad_bias, grad_values = backward(
-            ctx, grad_out, weights, weight, bias, running_mean, running_var,
-            values)
-        return (None, None, None, None, None, grad_out, grad_weights,
+            grads = _kernel_backward(ctx, grad_out, weights, weight, bias,
+                                     running_mean, running_var, maps)
+        grad_weights, grad_weight, grad_bias, grad_values = grads
+        return (None, None, None, None, None, None, grad_out, grad_weights,
                 grad_weight, grad_bias, None, None, *grad_values,
-                *([None] * (len(maps) if ctx.recompute else 0)))
+                *([None] * (2 * ctx.num_values if ctx.recompute else 0)))
 
 
-def _value_no_grad(source: Tensor, kernel: Tensor, value_act: str) -> Tensor:
-    return mrla_value_map(source.detach(), kernel.detach(), value_act)
+# Position of the first value among the Function's inputs.
+_FIRST_VALUE = 12
+
+
+def _recipe(source) -> Optional[BatchNormAddReLURecipe]:
+    if isinstance(source, BatchNormAddReLURecipe):
+        return source
+    return RecomputedMaps.recipe_of(source)
+
+
+def _value_chunks(ctx, maps, differentiable: bool = False):
+    """``(start, values[start:start + RELEASE_CHUNK])`` in order: the kept
+    values, or values recomputed from their sources chunk by chunk (each
+    chunk made when asked for; with ``differentiable`` under autograd)."""
+    num = ctx.num_values
+    for start in range(0, num, RELEASE_CHUNK):
+        stop = min(num, start + RELEASE_CHUNK)
+        if maps[start] is not None:
+            yield start, list(maps[start:stop])
+            continue
+        chunk = []
+        for s in range(start, stop):
+            src = maps[num + s]
+            if not isinstance(src, Tensor):
+                src = src.compute()
+            kernel = maps[2 * num + s]
+            if differentiable:
+                with torch.enable_grad():
+                    chunk.append(mrla_value(src, kernel, ctx.value_act))
+            else:
+                chunk.append(
+                    mrla_value_map(src.detach(), kernel.detach(),
+                                   ctx.value_act))
+            del src
+        yield start, chunk
+
+
+def _readout(weights: Tensor, chunks) -> Tensor:
+    """The compiled readout summed chunk by chunk in order; the forward and
+    the backward's recomputation sum in the same order, so that the norm
+    sees the same map in both."""
+    out = None
+    for start, chunk in chunks:
+        out = _fused_inference(weights[..., start:start + len(chunk)], chunk,
+                               None, None, out)
+    return out
 
 
 def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
-                     running_var, values):
-    readout = _fused_inference(weights, values, None, None, None)
+                     running_var, maps):
+    readout = _readout(weights, _value_chunks(ctx, maps))
     detached = [None if t is None else t.detach() for t in (weight, bias)]
     # The norm's output again, for the ReLU's mask, and with batch
     # statistics the statistics the forward normalised with.
@@ -144,8 +189,8 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
     grad_norm = aten.threshold_backward(grad_out, out, 0)
     del out
     wants = [
-        True, weight is not None and ctx.needs_input_grad[7], bias
-        is not None and ctx.needs_input_grad[8]
+        True, weight is not None and ctx.needs_input_grad[8], bias
+        is not None and ctx.needs_input_grad[9]
     ]
     grad_readout, grad_weight, grad_bias = aten.native_batch_norm_backward(
         grad_norm, readout, detached[0], running_mean, running_var, mean,
@@ -156,29 +201,44 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
     grad_weight, grad_bias = (g if want else None
                               for g, want in zip((grad_weight, grad_bias),
                                                  wants[1:]))
-    if not ctx.recompute:
-        grad_weights, grad_values = readout_backward(grad_readout, weights,
-                                                     values)
-        return grad_weights, grad_weight, grad_bias, grad_values
-    # Recomputed values are let go a few at a time as their gradients
-    # appear (the gradient of each value depends on that value alone), so
-    # that the two sets of maps do not peak together.
+    layer, store = ctx.num_values - 1, ctx.gradients
+    needed = [
+        ctx.needs_input_grad[_FIRST_VALUE + s] for s in range(layer + 1)
+    ]
+    # Earlier layers that gather their value gradient in the store take
+    # this layer's share there, when their own backward runs.
+    takers = {
+        s
+        for s in range(layer)
+        if needed[s] and store is not None and store.joined(s)
+    }
+    # Values (recomputed ones a few at a time) are let go as their
+    # gradients appear, so that the two sets of maps do not peak together.
     parts, grad_values = [], []
-    for start in range(0, len(values), RELEASE_CHUNK):
-        chunk = values[start:start + RELEASE_CHUNK]
-        values[start:start + RELEASE_CHUNK] = [None] * len(chunk)
+    for start, chunk in _value_chunks(ctx, maps):
         part, grads = readout_backward(
             grad_readout, weights[..., start:start + len(chunk)], chunk)
         del chunk
         parts.append(part)
-        grad_values.extend(grads)
+        grad_values.extend(
+            None if s in takers or not needed[s] else g
+            for s, g in enumerate(grads, start))
+        del grads
+    if store is not None:
+        own = store.exchange(layer, grad_readout, weights, takers)
+        grad_values[layer] = own if needed[layer] else None
     return torch.cat(parts, -1), grad_weight, grad_bias, grad_values
 
 
 def _differentiable_backward(ctx, grad_out, weights, weight, bias,
-                             running_mean, running_var, values):
+                             running_mean, running_var, maps):
     """Gradients through the PyTorch composition, with their graph (double
-    backward). With batch statistics the norm is re-run on the batch."""
+    backward), every value's gradient returned here. With batch
+    statistics the norm is re-run on the batch."""
+    values = [
+        v for _, chunk in _value_chunks(ctx, maps, differentiable=True)
+        for v in chunk
+    ]
     with torch.enable_grad():
         out = _branch_pytorch(weights, values, running_mean, running_var,
                               weight, bias, ctx.training, 0., ctx.eps)
@@ -202,6 +262,10 @@ def _check_sources(values, sources, kernels) -> None:
                          f'per layer, got {len(values)}, {len(sources)} and '
                          f'{len(kernels)}')
     for s, (v, src) in enumerate(zip(values, sources)):
+        if not isinstance(src, (Tensor, BatchNormAddReLURecipe)):
+            raise TypeError(f'sources[{s}] must be a Tensor or a '
+                            'BatchNormAddReLURecipe, got '
+                            f'{type(src).__name__}')
         if src.shape != v.shape:
             raise ValueError(f'sources[{s}] must have the shape of '
                              f'values[{s}] {tuple(v.shape)}, got '
@@ -215,8 +279,10 @@ def mrla_base_batch_norm(
         values: Sequence[Tensor],
         num_heads: int,
         *,
-        sources: Optional[Sequence[Tensor]] = None,
+        sources: Optional[Sequence[Union[Tensor,
+                                         BatchNormAddReLURecipe]]] = None,
         kernels: Optional[Sequence[Tensor]] = None,
+        gradients: Optional[ReadoutGradients] = None,
         value_act: str = 'identity',
         running_mean: Optional[Tensor],
         running_var: Optional[Tensor],
@@ -243,12 +309,18 @@ def mrla_base_batch_norm(
         keys (Tensor): keys of the layers so far, ``[B, T, C]``.
         values (Sequence[Tensor]): their ``T`` value maps.
         num_heads (int): number of heads ``G``.
-        sources (Sequence[Tensor], optional): the map each value was
-            computed from, with ``kernels``. Defaults to None: the values
+        sources (Sequence[Tensor | BatchNormAddReLURecipe], optional):
+            the map each value was computed from, or the recipe that
+            rebuilds it, with ``kernels``. Defaults to None: the values
             are kept for the backward.
         kernels (Sequence[Tensor], optional): the depthwise kernel
             ``[C, 1, 3, 3]`` of each value: ``values[s] ==
             mrla_value(sources[s], kernels[s], value_act)``.
+        gradients (ReadoutGradients, optional): the store of the group's
+            layers (one per forward pass of a group, shared by its
+            layers), where this layer's value gradient is gathered in the
+            backward instead of accumulated from the first later layer's
+            backward on. Defaults to None.
         value_act (str): ``'identity'`` (ResNet) or ``'gelu'``.
         running_mean (Tensor, optional): ``[C]``.
         running_var (Tensor, optional): ``[C]``.
@@ -274,6 +346,6 @@ def mrla_base_batch_norm(
                                             training, momentum, eps)
     recompute = sources is not None
     return MRLABaseNormFunction.apply(
-        training, momentum, eps, value_act, recompute, x, weights, weight,
-        bias, running_mean, running_var, *values,
+        training, momentum, eps, value_act, recompute, gradients, x,
+        weights, weight, bias, running_mean, running_var, *values,
         *((*sources, *kernels) if recompute else ()))

@@ -144,6 +144,7 @@ class MRLABase(BaseModule):
                 self.num_heads,
                 sources=sources,
                 kernels=kernels,
+                gradients=cache.gradients,
                 value_act=self.value_act,
                 **batch_norm_args(norm))
         return mrla_base_readout(

@@ -1,9 +1,16 @@
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from mrla_mm.ops import check_given_together
+from mrla_mm.ops.batch_norm_add_relu import (
+    BatchNormAddReLURecipe,
+    RecomputedMaps,
+)
+from mrla_mm.ops.readout_gradients import ReadoutGradients
+
+Source = Union[Tensor, BatchNormAddReLURecipe]
 
 
 class MRLACache:
@@ -12,7 +19,8 @@ class MRLACache:
     Values are kept as the separate tensors the layers produced and are read
     in place by the readout: nothing is concatenated, so layer ``t`` costs
     ``t`` reads of earlier values and no copies. A cache lives for one
-    forward pass of one group (a ResNet stage, a block group of a ViT).
+    forward pass of one group (a ResNet stage, a block group of a ViT),
+    and with it the :class:`ReadoutGradients` of its layers' backward.
 
     Args:
         detach (bool): Store detached keys and values, so that gradients
@@ -24,8 +32,9 @@ class MRLACache:
         self.detach = detach
         self.keys: List[Tensor] = []
         self.values: List[Tensor] = []
-        self.sources: List[Optional[Tensor]] = []
+        self.sources: List[Optional[Source]] = []
         self.kernels: List[Optional[Tensor]] = []
+        self.gradients = ReadoutGradients()
 
     def __len__(self) -> int:
         return len(self.values)
@@ -38,7 +47,9 @@ class MRLACache:
         """Add one layer's key ``[B, C]`` and value ``[B, C, H, W]``; and,
         for a backward that recomputes the value, the map it was computed
         from and its depthwise kernel (held only when given: in inference
-        they would outlive their layer)."""
+        they would outlive their layer). A source that an active
+        :class:`RecomputedMaps` can rebuild is held as its recipe, so that
+        the map itself is let go with its layer."""
         if self.values and value.shape != self.values[0].shape:
             raise ValueError(
                 'all layers of an MRLA-base group must produce values of one '
@@ -46,17 +57,21 @@ class MRLACache:
                 f' got {tuple(value.shape)}; start a new MRLACache where the '
                 'shape changes')
         check_given_together('source', source, 'kernel', kernel)
+        if source is not None:
+            source = RecomputedMaps.recipe_of(source) or source
         if self.detach:
             key, value = key.detach(), value.detach()
-            if source is not None:
-                source, kernel = source.detach(), kernel.detach()
+            if isinstance(source, Tensor):
+                source = source.detach()
+            if kernel is not None:
+                kernel = kernel.detach()
         self.keys.append(key)
         self.values.append(value)
         self.sources.append(source)
         self.kernels.append(kernel)
 
     def value_sources(
-            self) -> Optional[Tuple[List[Tensor], List[Tensor]]]:
+            self) -> Optional[Tuple[List[Source], List[Tensor]]]:
         """The sources and kernels of all values, or None when a layer did
         not give them."""
         if any(s is None for s in self.sources):
