@@ -14,6 +14,7 @@ compute: the backward of layer ``t`` of a stage recomputes ``2 t`` value
 maps (depthwise 3x3 passes), a few at a time, once for the readout and once
 for its gradients, so that they never all exist together.
 """
+import itertools
 from typing import Optional, Sequence, Union
 
 import torch
@@ -84,7 +85,7 @@ class MRLABaseNormFunction(Function):
         num = len(maps) // 3 if recompute else len(maps)
         ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
         ctx.recompute, ctx.num_values = recompute, num
-        readout = _readout(weights, _value_chunks(ctx, maps))
+        readout = _readout(weights, _value_chunks(ctx, maps))[0]
         out = torch.native_batch_norm(readout, weight, bias, running_mean,
                                       running_var, training, momentum,
                                       eps)[0]
@@ -138,12 +139,13 @@ def _recipe(source) -> Optional[BatchNormAddReLURecipe]:
     return RecomputedMaps.recipe_of(source)
 
 
-def _value_chunks(ctx, maps, differentiable: bool = False):
-    """``(start, values[start:start + RELEASE_CHUNK])`` in order: the kept
-    values, or values recomputed from their sources chunk by chunk (each
-    chunk made when asked for; with ``differentiable`` under autograd)."""
+def _value_chunks(ctx, maps, starts=None, differentiable: bool = False):
+    """``(start, values[start:start + RELEASE_CHUNK])`` for each of
+    ``starts`` (all, in order, by default): the kept values, or values
+    recomputed from their sources chunk by chunk (each chunk made when
+    asked for; with ``differentiable`` under autograd)."""
     num = ctx.num_values
-    for start in range(0, num, RELEASE_CHUNK):
+    for start in range(0, num, RELEASE_CHUNK) if starts is None else starts:
         stop = min(num, start + RELEASE_CHUNK)
         if maps[start] is not None:
             yield start, list(maps[start:stop])
@@ -165,20 +167,28 @@ def _value_chunks(ctx, maps, differentiable: bool = False):
         yield start, chunk
 
 
-def _readout(weights: Tensor, chunks) -> Tensor:
-    """The compiled readout summed chunk by chunk in order; the forward and
-    the backward's recomputation sum in the same order, so that the norm
-    sees the same map in both."""
-    out = None
+def _readout(weights: Tensor, chunks, keep_from: Optional[int] = None):
+    """The compiled readout summed chunk by chunk in order (the forward
+    and the backward's recomputation sum in the same order, so that the
+    norm sees the same map in both), and the chunk that starts at
+    ``keep_from``, held for the caller."""
+    out = kept = None
     for start, chunk in chunks:
         out = _fused_inference(weights[..., start:start + len(chunk)], chunk,
                                None, None, out)
-    return out
+        if start == keep_from:
+            kept = chunk
+        del chunk
+    return out, kept
 
 
 def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
                      running_var, maps):
-    readout = _readout(weights, _value_chunks(ctx, maps))
+    starts = list(range(0, ctx.num_values, RELEASE_CHUNK))
+    # The last chunk of values serves the readout's gradients too, which
+    # take the chunks in reverse: values of up to RELEASE_CHUNK layers are
+    # recomputed once, not twice.
+    readout, last = _readout(weights, _value_chunks(ctx, maps), starts[-1])
     detached = [None if t is None else t.detach() for t in (weight, bias)]
     # The norm's output again, for the ReLU's mask, and with batch
     # statistics the statistics the forward normalised with.
@@ -214,20 +224,22 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
     }
     # Values (recomputed ones a few at a time) are let go as their
     # gradients appear, so that the two sets of maps do not peak together.
-    parts, grad_values = [], []
-    for start, chunk in _value_chunks(ctx, maps):
+    parts, grad_values = [], [None] * ctx.num_values
+    chunks = _value_chunks(ctx, maps, starts[-2::-1])
+    for start, chunk in itertools.chain([(starts[-1], last)], chunks):
+        last = None
         part, grads = readout_backward(
             grad_readout, weights[..., start:start + len(chunk)], chunk)
         del chunk
         parts.append(part)
-        grad_values.extend(
-            None if s in takers or not needed[s] else g
-            for s, g in enumerate(grads, start))
+        for s, g in enumerate(grads, start):
+            if needed[s] and s not in takers:
+                grad_values[s] = g
         del grads
     if store is not None:
         own = store.exchange(layer, grad_readout, weights, takers)
         grad_values[layer] = own if needed[layer] else None
-    return torch.cat(parts, -1), grad_weight, grad_bias, grad_values
+    return torch.cat(parts[::-1], -1), grad_weight, grad_bias, grad_values
 
 
 def _differentiable_backward(ctx, grad_out, weights, weight, bias,
