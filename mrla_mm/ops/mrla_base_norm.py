@@ -10,9 +10,10 @@ map is recomputed too, from the map it was computed from (the block's
 ``o``, which the block's ReLU saves already) and its depthwise kernel: the
 value maps then live only while the stage's forward needs them, and of
 MRLA-base's maps the training step saves only the block output. That costs
-compute: the backward of layer ``t`` of a stage recomputes ``2 t`` value
-maps (depthwise 3x3 passes), a few at a time, once for the readout and once
-for its gradients, so that they never all exist together.
+compute: the backward of layer ``t`` of a stage recomputes its ``t`` value
+maps (depthwise 3x3 passes) a few at a time, so that they never all exist
+together: once for the readout and, but for the last few, once more for
+its gradients.
 """
 import itertools
 from typing import Optional, Sequence, Union
