@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mrla_mm.models import (
@@ -193,15 +194,43 @@ def test_base_gradients_through_cache():
     assert wq0.abs().max() == 0 and wk0.abs().max() > 0
 
 
-def test_base_detached_cache():
-    layers = [MRLABase(32, dim_per_head=8, detach_cache=True)
-              for _ in range(2)]
-    x0 = torch.randn(1, 32, 3, 3, requires_grad=True)
-    x1 = torch.randn(1, 32, 3, 3, requires_grad=True)
+@pytest.mark.parametrize('with_norm', [False, True])
+def test_base_detached_cache(with_norm):
+    """With ``detach_cache`` no gradient reaches an earlier layer through
+    the cache, and each layer's own key and value still train: the
+    gradients of the reference with the earlier keys and values detached
+    by hand."""
+    d, t = 8, 3
+    torch.manual_seed(0)
+    layers = [MRLABase(32, dim_per_head=d, detach_cache=True).double()
+              for _ in range(t)]
+    norms = [nn.BatchNorm2d(32).double() for _ in range(t)]
+    xs = [torch.randn(2, 32, 3, 4, dtype=torch.float64, requires_grad=True)
+          for _ in range(t)]
     cache = layers[0].new_cache()
-    layers[0](x0, cache)
-    out = layers[1](x1, cache)
-    assert torch.autograd.grad(out.sum(), x0, allow_unused=True)[0] is None
+    outs = [
+        layer(x, cache, norm=bn if with_norm else None)
+        for layer, x, bn in zip(layers, xs, norms)
+    ]
+    assert torch.autograd.grad(outs[1].sum(), xs[0],
+                               allow_unused=True)[0] is None
+    history, refs = [], []
+    for layer, x, bn in zip(layers, xs, norms):
+        history = [(k.detach(), v.detach()) for k, v in history]
+        o = R.base_layer(x, history, layer.query_conv.weight,
+                         layer.key_conv.weight, layer.value_conv.weight, d)
+        refs.append(x + torch.relu(bn(o)) if with_norm else o)
+    params = [p for layer in layers for p in layer.parameters()]
+    got = torch.autograd.grad(sum(o.square().sum() for o in outs),
+                              xs + params)
+    want = torch.autograd.grad(sum(o.square().sum() for o in refs),
+                               xs + params)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-12
+    # Every layer's value convolution trains, and the key convolutions of
+    # the layers after the first (whose own key meets a one-entry softmax).
+    assert all(g.abs().max() > 0 for g in got[t + 2::3])
+    assert all(g.abs().max() > 0 for g in got[t + 4::3])
 
 
 class _LargestOutput(TorchDispatchMode):

@@ -25,7 +25,8 @@ class MRLACache:
     Args:
         detach (bool): Store detached keys and values, so that gradients
             do not flow from later layers into earlier ones through the
-            cache. Defaults to False, as in the paper.
+            cache; a layer's own key and value still get the gradient of
+            its own readout. Defaults to False, as in the paper.
     """
 
     def __init__(self, detach: bool = False):
@@ -35,6 +36,8 @@ class MRLACache:
         self.sources: List[Optional[Source]] = []
         self.kernels: List[Optional[Tensor]] = []
         self.gradients = ReadoutGradients()
+        # The newest layer's key and value as given (not detached).
+        self._newest: Optional[Tuple[Tensor, Tensor]] = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -57,6 +60,7 @@ class MRLACache:
                 f' got {tuple(value.shape)}; start a new MRLACache where the '
                 'shape changes')
         check_given_together('source', source, 'kernel', kernel)
+        self._newest = (key, value)
         if source is not None:
             source = RecomputedMaps.recipe_of(source) or source
         if self.detach:
@@ -79,5 +83,11 @@ class MRLACache:
         return self.sources, self.kernels
 
     def stacked_keys(self) -> Tensor:
-        """All keys as ``[B, T, C]`` (small: one descriptor per layer)."""
-        return torch.stack(self.keys, dim=1)
+        """All keys as ``[B, T, C]`` (small: one descriptor per layer), for
+        the newest layer's readout: its own key as given."""
+        return torch.stack(self.keys[:-1] + [self._newest[0]], dim=1)
+
+    def readout_values(self) -> List[Tensor]:
+        """All values, for the newest layer's readout: its own value as
+        given."""
+        return self.values[:-1] + [self._newest[1]]
