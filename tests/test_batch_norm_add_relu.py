@@ -1,6 +1,8 @@
 """``relu(batch_norm(x) + identity)`` that rebuilds its output in the
 backward, :class:`RecomputedMaps`, and the blocks that use them
 (``mrla_recompute_input``)."""
+import weakref
+
 import pytest
 import torch
 import torch.nn as nn
@@ -9,6 +11,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.profiler import ProfilerActivity, profile
 
 from mrla_mm.models import MRLAClsResNet, MRLAResNet
+from mrla_mm.models.layers import MRLACache
 from mrla_mm.models.layers.batch_norm_args import batch_norm_args
 from mrla_mm.ops.batch_norm_add_relu import (
     BatchNormAddReLURecipe,
@@ -134,6 +137,34 @@ def test_recomputed_maps_save_the_recipe():
     for g, ref in zip(grads, want):
         assert rel_err(g, ref) < 1e-5
     assert o.grad_fn.kept is None
+
+
+def test_held_recipes_hold_no_map():
+    """An MRLA-base cache holds a rebuildable source as its recipe, so the
+    map goes with its block; and a recipe held past its op's backward does
+    not keep the op's input alive (it reads it from the op's saved
+    tensors, which that backward lets go)."""
+    _, norm = _norms(4, torch.float32, True)
+    w = torch.randn(4, 4, 1, 1, requires_grad=True)
+    identity = torch.randn(2, 4, 6, 6)
+    kernel = torch.randn(4, 1, 3, 3)
+    cache = MRLACache()
+    with RecomputedMaps() as maps:
+        conv = F.conv2d(torch.randn(2, 4, 6, 6), w)
+        o = batch_norm_add_relu(conv, identity, maps=maps,
+                                **batch_norm_args(norm))
+        cache.append(o.mean((2, 3)), o * 2, o, kernel)
+    recipe = cache.sources[0]
+    assert isinstance(recipe, BatchNormAddReLURecipe)
+    assert torch.equal(recipe.compute(), o)
+    loss, conv_ref, o_ref = o.sum(), weakref.ref(conv), weakref.ref(o)
+    del o, conv
+    # The forward's other holders of o are gone: only the cache's recipe
+    # and the graph are left, and neither holds o.
+    assert o_ref() is None
+    loss.backward()
+    assert conv_ref() is None
+    assert cache.sources[0] is recipe
 
 
 def _same_models(cls, depth, cfg, **kwargs):
