@@ -140,7 +140,7 @@ class MRLABase(BaseModule):
                 x,
                 q,
                 cache.stacked_keys(),
-                cache.readout_values(),
+                cache.values,
                 self.num_heads,
                 sources=sources,
                 kernels=kernels,
@@ -150,7 +150,7 @@ class MRLABase(BaseModule):
         return mrla_base_readout(
             q,
             cache.stacked_keys(),
-            cache.readout_values(),
+            cache.values,
             self.num_heads,
             scale=scale,
             shift=shift,

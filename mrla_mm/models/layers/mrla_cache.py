@@ -23,10 +23,11 @@ class MRLACache:
     and with it the :class:`ReadoutGradients` of its layers' backward.
 
     Args:
-        detach (bool): Store detached keys and values, so that gradients
-            do not flow from later layers into earlier ones through the
-            cache; a layer's own key and value still get the gradient of
-            its own readout. Defaults to False, as in the paper.
+        detach (bool): Detach a layer's key and value once the next layer
+            is added, so that gradients do not flow from later layers into
+            earlier ones through the cache; a layer's own key and value
+            still get the gradient of its own readout. Defaults to False,
+            as in the paper.
     """
 
     def __init__(self, detach: bool = False):
@@ -36,8 +37,6 @@ class MRLACache:
         self.sources: List[Optional[Source]] = []
         self.kernels: List[Optional[Tensor]] = []
         self.gradients = ReadoutGradients()
-        # The newest layer's key and value as given (not detached).
-        self._newest: Optional[Tuple[Tensor, Tensor]] = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -60,15 +59,17 @@ class MRLACache:
                 f' got {tuple(value.shape)}; start a new MRLACache where the '
                 'shape changes')
         check_given_together('source', source, 'kernel', kernel)
-        self._newest = (key, value)
         if source is not None:
             source = RecomputedMaps.recipe_of(source) or source
-        if self.detach:
-            key, value = key.detach(), value.detach()
-            if isinstance(source, Tensor):
-                source = source.detach()
-            if kernel is not None:
-                kernel = kernel.detach()
+        if self.detach and self.values:
+            # The previous layer's entry is detached once a later layer
+            # reads it; its own readout, which came first, trained it.
+            self.keys[-1] = self.keys[-1].detach()
+            self.values[-1] = self.values[-1].detach()
+            if isinstance(self.sources[-1], Tensor):
+                self.sources[-1] = self.sources[-1].detach()
+            if self.kernels[-1] is not None:
+                self.kernels[-1] = self.kernels[-1].detach()
         self.keys.append(key)
         self.values.append(value)
         self.sources.append(source)
@@ -83,11 +84,5 @@ class MRLACache:
         return self.sources, self.kernels
 
     def stacked_keys(self) -> Tensor:
-        """All keys as ``[B, T, C]`` (small: one descriptor per layer), for
-        the newest layer's readout: its own key as given."""
-        return torch.stack(self.keys[:-1] + [self._newest[0]], dim=1)
-
-    def readout_values(self) -> List[Tensor]:
-        """All values, for the newest layer's readout: its own value as
-        given."""
-        return self.values[:-1] + [self._newest[1]]
+        """All keys as ``[B, T, C]`` (small: one descriptor per layer)."""
+        return torch.stack(self.keys, dim=1)
