@@ -21,7 +21,11 @@ import torch
 from torch.utils import cpp_extension
 
 from mrla_mm.ops import ext_loader
-from mrla_mm.ops.mrla_base import MRLABaseReadoutFunction, mrla_base_readout
+from mrla_mm.ops.mrla_base import (
+    MRLABaseReadoutFunction,
+    mrla_base_readout,
+    readout_backward,
+)
 from mrla_mm.ops.mrla_light import mrla_light_core, mrla_light_core_pytorch
 from mrla_mm.ops.mrla_light_norm import (
     mrla_light_batch_norm,
@@ -250,6 +254,14 @@ def test_base_readout(cuda_kernels, shape, fmt):
     want = torch.autograd.grad(base_combine(ref[0], ref[1:]), ref, grad)
     for g_got, g_want in zip(got, want):
         torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10)
+    # A value whose gradient is not wanted: no map, the same dot products.
+    part, grads = readout_backward(grad, weights, values,
+                                   [True, False, True])
+    assert grads[1] is None
+    torch.testing.assert_close(part, want[0], rtol=1e-10, atol=1e-10)
+    for s in (0, 2):
+        torch.testing.assert_close(grads[s], want[1 + s], rtol=1e-10,
+                                   atol=1e-10)
 
 
 @pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])

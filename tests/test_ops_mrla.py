@@ -10,7 +10,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mrla_mm.ops import ext_loader, mrla_math
-from mrla_mm.ops.mrla_base import MRLABaseReadoutFunction, mrla_base_readout
+from mrla_mm.ops.mrla_base import (
+    MRLABaseReadoutFunction,
+    mrla_base_readout,
+    readout_backward,
+)
 from mrla_mm.ops.mrla_light import (
     MRLALightCoreFunction,
     mrla_light_core,
@@ -176,6 +180,36 @@ def test_base_compiled_matches_pytorch(device, b, heads, d, h, w, cl, seed,
     assert _rounding_errors(
         out, _grads(out, inputs, grad), inputs, grad,
         lambda w, *v: mrla_math.base_combine(w, v)) < 1e-5
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_base_backward_writes_only_wanted_gradients(fmt, device):
+    """A value whose gradient is not wanted gets None and no write; the
+    weights' gradient and the wanted ones are those of the full call."""
+    weights, values = _base_inputs(2, 2, 4, 5, 3, 4, torch.float32, fmt,
+                                   seed=5, device=device)
+    grad = torch.randn_like(values[0])
+    full_weights, full = readout_backward(grad, weights, values)
+    assert all(g is not None for g in full)
+    want = [False, True, False, True]
+    part_weights, part = readout_backward(grad, weights, values, want)
+    assert torch.equal(part_weights, full_weights)
+    for s, (got, ref) in enumerate(zip(part, full)):
+        if want[s]:
+            assert torch.equal(got, ref)
+            assert got.is_contiguous(memory_format=fmt)
+        else:
+            assert got is None
+    # Through autograd: values that need no gradient get none written.
+    inputs = [weights.requires_grad_()] + [
+        v.requires_grad_(w) for v, w in zip(values, want)
+    ]
+    got = _grads(MRLABaseReadoutFunction.apply(*inputs), inputs, grad)
+    ref = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    expected = _grads(mrla_math.base_combine(ref[0], ref[1:]), ref, grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -415,6 +449,9 @@ def test_bad_inputs_name_the_argument():
         ext.mrla_light_forward(x.transpose(2, 3), w9, gate, lam, o, empty,
                                empty, 0, False)
     weights, values = _base_inputs(1, 2, 4, 3, 3, 2, torch.float32)
+    with pytest.raises(RuntimeError, match=r'want_values must have one entry '
+                       r'per value \(2\), got 1'):
+        ext.mrla_base_backward(x, weights, values, [True])
     with pytest.raises(RuntimeError, match=r'values\[1\] must match '
                        r'values\[0\]'):
         ext.mrla_base_forward(weights, [values[0], values[1][..., :2]],

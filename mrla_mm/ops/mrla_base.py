@@ -44,19 +44,28 @@ class MRLABaseReadoutFunction(Function):
                                                  create_graph=True))
             return tuple(next(grads) if t.requires_grad else None
                          for t in ctx.saved_tensors)
-        grad_weights, grad_values = readout_backward(grad_out, weights,
-                                                     values)
+        grad_weights, grad_values = readout_backward(
+            grad_out, weights, values, ctx.needs_input_grad[1:])
         return (grad_weights, *grad_values)
 
 
-def readout_backward(grad_out: Tensor, weights: Tensor,
-                     values: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+def readout_backward(
+    grad_out: Tensor,
+    weights: Tensor,
+    values: Sequence[Tensor],
+    want_values: Optional[Sequence[bool]] = None
+) -> Tuple[Tensor, List[Optional[Tensor]]]:
     """The kernel's gradients of the readout: for the weights ``[B, G, T]``
-    and for each value map."""
+    and for each value map, None for a value whose entry of
+    ``want_values`` is false (all are wanted by default); the kernel then
+    reads that value for the weights' gradient and writes nothing for it.
+    """
     w, vals = _kernel_operands(weights, values)
     grad_out = grad_out.to(vals[0].dtype).contiguous(
         memory_format=map_format(vals[0]))
-    *grad_values, part = load_ext().mrla_base_backward(grad_out, w, vals)
+    want = [True] * len(vals) if want_values is None else list(want_values)
+    *grad_values, part = load_ext().mrla_base_backward(grad_out, w, vals,
+                                                       want)
     b, c = vals[0].shape[:2]
     grad_weights = part.view(b, weights.shape[1], c // weights.shape[1],
                              -1).sum(2)

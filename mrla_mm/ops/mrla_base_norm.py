@@ -223,20 +223,22 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
         for s in range(layer)
         if needed[s] and store is not None and store.joined(s)
     }
+    # With a store, this layer's value gradient is gathered there too; the
+    # kernel writes none of the gathered ones (it reads those values for
+    # the weights' gradient only).
+    gathered = takers | ({layer} if store is not None else set())
+    wanted = [needed[s] and s not in gathered for s in range(layer + 1)]
     # Values (recomputed ones a few at a time) are let go as their
     # gradients appear, so that the two sets of maps do not peak together.
     parts, grad_values = [], [None] * ctx.num_values
     chunks = _value_chunks(ctx, maps, starts[-2::-1])
     for start, chunk in itertools.chain([(starts[-1], last)], chunks):
         last = None
-        part, grads = readout_backward(
-            grad_readout, weights[..., start:start + len(chunk)], chunk)
+        part, grad_values[start:start + len(chunk)] = readout_backward(
+            grad_readout, weights[..., start:start + len(chunk)], chunk,
+            wanted[start:start + len(chunk)])
         del chunk
         parts.append(part)
-        for s, g in enumerate(grads, start):
-            if needed[s] and s not in takers:
-                grad_values[s] = g
-        del grads
     if store is not None:
         own = store.exchange(layer, grad_readout, weights, takers)
         grad_values[layer] = own if needed[layer] else None

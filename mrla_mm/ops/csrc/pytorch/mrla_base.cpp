@@ -92,10 +92,13 @@ Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
   return out;
 }
 
-// Returns the T value gradients followed by per-(b, c) partial sums of the
-// weight gradient, [B, C, T]; the caller sums them over each head.
+// Returns a gradient for each value whose entry of `want_values` is true
+// (an undefined tensor, None in Python, for the others, which the kernels
+// then do not write) followed by per-(b, c) partial sums of the weight
+// gradient, [B, C, T]; the caller sums them over each head.
 std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
-                                       std::vector<Tensor> values) {
+                                       std::vector<Tensor> values,
+                                       std::vector<bool> want_values) {
   const auto fmt = check_base_args(weights, values);
   const Tensor& v0 = values[0];
   TORCH_CHECK(grad_out.sizes() == v0.sizes() &&
@@ -103,9 +106,12 @@ std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
                   grad_out.is_contiguous(fmt),
               "grad_out must match the values in shape, dtype and memory "
               "format");
+  TORCH_CHECK(want_values.size() == values.size(),
+              "want_values must have one entry per value (", values.size(),
+              "), got ", want_values.size());
   std::vector<Tensor> grads;
   for (size_t s = 0; s < values.size(); ++s) {
-    grads.push_back(at::empty_like(v0, fmt));
+    grads.push_back(want_values[s] ? at::empty_like(v0, fmt) : Tensor());
   }
   Tensor part = at::empty(
       {v0.size(0), v0.size(1), static_cast<int64_t>(values.size())},

@@ -16,7 +16,8 @@ Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
 Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
                          Tensor scale, Tensor shift, Tensor residual);
 std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
-                                       std::vector<Tensor> values);
+                                       std::vector<Tensor> values,
+                                       std::vector<bool> want_values);
 std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity,
                                        bool inplace);
 
@@ -47,7 +48,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("shift"), py::arg("residual"));
   m.def("mrla_base_backward", &mrla_base_backward,
         "MRLA-base readout backward", py::arg("grad_out"), py::arg("weights"),
-        py::arg("values"));
+        py::arg("values"), py::arg("want_values"));
   m.def("residual_relu_pool", &residual_relu_pool,
         "relu(residual + identity) and its channel means",
         py::arg("residual"), py::arg("identity"), py::arg("inplace"));

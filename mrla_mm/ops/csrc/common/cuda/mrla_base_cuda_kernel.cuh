@@ -33,8 +33,9 @@ __global__ void mrla_base_forward_cuda_kernel(
   }
 }
 
-// Over tiles of the planes (MRLATiling): value gradients elementwise,
-// the tile's partial weight dot products into part [B * C, S, T_len].
+// Over tiles of the planes (MRLATiling): value gradients elementwise
+// (where grad_values[s] is not null), the tile's partial weight dot
+// products into part [B * C, S, T_len].
 template <typename T, typename A, bool CL>
 __global__ void mrla_base_backward_cuda_kernel(const T* grad_out,
                                                const A* weights,
@@ -48,12 +49,13 @@ __global__ void mrla_base_backward_cuda_kernel(const T* grad_out,
   const MRLAPlane p = mrla_plane<CL>(t.b, c, C, H, W);
   const A* w = weights + (t.b * G + c / (C / G)) * T_len;
   for (int64_t s = 0; s < T_len; ++s) {
+    T* grad_value = grad_values[s];
     A dot = 0;
     for (int i = t.first; t.active && i < t.end; i += t.step) {
       const int64_t off = p.base + i * p.pix;
       const A g = static_cast<A>(grad_out[off]);
       dot += g * static_cast<A>(values[s][off]);
-      grad_values[s][off] = static_cast<T>(w[s] * g);
+      if (grad_value != nullptr) grad_value[off] = static_cast<T>(w[s] * g);
     }
     dot = mrla_tile_sum<CL>(dot);
     if (mrla_tile_writes<CL>(t)) {

@@ -187,8 +187,11 @@ void base_backward(const Tensor& grad_out, const Tensor& weights,
   const int64_t t = static_cast<int64_t>(values.size());
   const std::vector<A> coef = channel_coefs<A>(weights, c);
   const std::vector<const T*> vp = data_ptrs<T>(values);
+  // A value whose gradient is not asked for gets its dot products only.
   std::vector<T*> gvp;
-  for (auto& g : grad_values) gvp.push_back(g.mutable_data_ptr<T>());
+  for (auto& g : grad_values) {
+    gvp.push_back(g.defined() ? g.mutable_data_ptr<T>() : nullptr);
+  }
   const T* gp = grad_out.const_data_ptr<T>();
   A* pp = part.mutable_data_ptr<A>();
   if (v0.is_contiguous()) {
@@ -200,13 +203,18 @@ void base_backward(const Tensor& grad_out, const Tensor& weights,
         for (int64_t s = 0; s < t; ++s) {
           const A k = coef[(n * t + s) * c + ch];
           const T* v = vp[s] + p * hw;
-          T* gv = gvp[s] + p * hw;
           A dot = 0;
+          if (gvp[s] == nullptr) {
 #pragma omp simd reduction(+ : dot)
-          for (int64_t i = 0; i < hw; ++i) {
-            const A gi = A(g[i]);
-            dot += gi * A(v[i]);
-            gv[i] = static_cast<T>(k * gi);
+            for (int64_t i = 0; i < hw; ++i) dot += A(g[i]) * A(v[i]);
+          } else {
+            T* gv = gvp[s] + p * hw;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < hw; ++i) {
+              const A gi = A(g[i]);
+              dot += gi * A(v[i]);
+              gv[i] = static_cast<T>(k * gi);
+            }
           }
           pp[p * t + s] = dot;
         }
@@ -231,6 +239,10 @@ void base_backward(const Tensor& grad_out, const Tensor& weights,
           const int64_t off = base + i * c;
           const T* g = gp + off;
           const T* v = vp[s] + off;
+          if (gvp[s] == nullptr) {
+            for (int64_t ch = 0; ch < cc; ++ch) dot[ch] += A(g[ch]) * A(v[ch]);
+            continue;
+          }
           T* gv = gvp[s] + off;
           for (int64_t ch = 0; ch < cc; ++ch) {
             const A gi = A(g[ch]);

@@ -9,11 +9,13 @@
 
 namespace {
 
-// Device array of the maps' data pointers (T entries). Staged in pinned
-// memory and copied without blocking: a copy from pageable memory would
-// make the host wait for the stream at every call. The caching host
-// allocator keeps the staging buffer until the copy has run.
-Tensor device_pointers(const std::vector<Tensor>& maps) {
+// Array on `device` of the maps' data pointers (T entries; null for an
+// undefined map). Staged in pinned memory and copied without blocking: a
+// copy from pageable memory would make the host wait for the stream at
+// every call. The caching host allocator keeps the staging buffer until
+// the copy has run.
+Tensor device_pointers(const std::vector<Tensor>& maps,
+                       const at::Device device) {
   // A CUDA graph would replay the copy from a staging buffer that the
   // allocator has since handed out again.
   TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() ==
@@ -25,9 +27,10 @@ Tensor device_pointers(const std::vector<Tensor>& maps) {
                           at::TensorOptions(at::kLong).pinned_memory(true));
   int64_t* p = ptrs.mutable_data_ptr<int64_t>();
   for (size_t s = 0; s < maps.size(); ++s) {
-    p[s] = reinterpret_cast<int64_t>(maps[s].data_ptr());
+    p[s] = maps[s].defined() ? reinterpret_cast<int64_t>(maps[s].data_ptr())
+                             : 0;
   }
-  return ptrs.to(maps[0].device(), /*non_blocking=*/true);
+  return ptrs.to(device, /*non_blocking=*/true);
 }
 
 }  // namespace
@@ -43,7 +46,7 @@ void MRLABaseForwardCUDAKernelLauncher(const Tensor weights,
   const int64_t G = weights.size(1), T_len = weights.size(2);
   const bool cl = !v0.is_contiguous();
   const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
-  Tensor ptrs = device_pointers(values);
+  Tensor ptrs = device_pointers(values, v0.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, v0.scalar_type(), "mrla_base_forward_cuda",
       [&] {
@@ -73,8 +76,8 @@ void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
   const int64_t B = v0.size(0), C = v0.size(1), H = v0.size(2), W = v0.size(3);
   const int64_t G = weights.size(1), T_len = weights.size(2);
   const bool cl = !v0.is_contiguous();
-  Tensor ptrs = device_pointers(values);
-  Tensor grad_ptrs = device_pointers(grad_values);
+  Tensor ptrs = device_pointers(values, v0.device());
+  Tensor grad_ptrs = device_pointers(grad_values, v0.device());
   const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
   // The tiles' dot products (the output itself for one slice).
   Tensor part = tiling.S == 1
