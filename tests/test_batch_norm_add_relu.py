@@ -1,6 +1,7 @@
 """``relu(batch_norm(x) + identity)`` that rebuilds its output in the
 backward, :class:`RecomputedMaps`, and the blocks that use them
 (``mrla_recompute_input``)."""
+import warnings
 import weakref
 
 import pytest
@@ -16,6 +17,7 @@ from mrla_mm.models.layers.batch_norm_args import batch_norm_args
 from mrla_mm.ops.batch_norm_add_relu import (
     BatchNormAddReLURecipe,
     RecomputedMaps,
+    _block_end,
     batch_norm_add_relu,
 )
 from conftest import rel_err
@@ -63,6 +65,30 @@ def test_matches_the_modules(device, dtype, training, channels_last):
     for name in ('running_mean', 'running_var'):
         assert rel_err(getattr(fused, name), getattr(module, name)) < tol
     assert fused.num_batches_tracked == module.num_batches_tracked
+
+
+@pytest.mark.parametrize('dtype',
+                         [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_block_end_is_the_add_and_the_relu(dtype, channels_last):
+    """The map, computed with ATen's fused add and ReLU where it serves
+    (float32/64 on the CPU), has the bits of the norm's output plus the
+    shortcut, then the ReLU."""
+    g = torch.Generator().manual_seed(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, identity = (torch.randn(2, 5, 9, 7, generator=g).to(dtype).to(
+        memory_format=fmt) for _ in range(2))
+    # Half-precision maps have float32 norm vectors, as under autocast.
+    vec = torch.float32 if dtype == torch.bfloat16 else dtype
+    weight, bias, mean = (torch.randn(5, generator=g).to(vec)
+                          for _ in range(3))
+    var = torch.rand(5, generator=g).to(vec) + 0.5
+    out = _block_end(x, identity, weight, bias, mean, var, 1e-5)
+    want = torch.native_batch_norm(x, weight, bias, mean, var, False, 0.,
+                                   1e-5)[0]
+    want = (want + identity).relu()
+    assert out.dtype == dtype and torch.equal(out, want)
+    assert out.is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize('training', [True, False])
@@ -169,7 +195,8 @@ def test_held_recipes_hold_no_map():
 
 def _same_models(cls, depth, cfg, **kwargs):
     torch.manual_seed(2)
-    a = cls(depth, mrla_cfg=cfg, out_indices=(0, 1, 2, 3), **kwargs)
+    a = cls(depth, mrla_cfg=cfg, out_indices=(0, 1, 2, 3),
+            mrla_recompute_input=False, **kwargs)
     for p in a.parameters():
         p.data.normal_(0, 0.5)
     b = cls(depth, mrla_cfg=cfg, out_indices=(0, 1, 2, 3),
@@ -243,6 +270,28 @@ def _forward_holding(model, x):
 def test_says_when_recompute_input_cannot_act(kwargs, reason):
     with pytest.warns(UserWarning, match=reason):
         MRLAResNet(50, mrla_recompute_input=True, **kwargs)
+
+
+@pytest.mark.parametrize('host', [MRLAResNet, MRLAClsResNet])
+def test_recompute_input_is_on_by_default_for_base_only(host):
+    """None (the default) turns it on for MRLA-base and off for
+    MRLA-light, and where it cannot act says nothing (the user did not
+    ask); an explicit value holds for either."""
+    def flags(**kwargs):
+        model = host(18, **kwargs)
+        return {
+            block.mrla_recompute_input
+            for layer in (model.layer1, model.layer4) for block in layer
+        }
+
+    assert flags(mrla_cfg=BASE) == {True}
+    assert flags(mrla_cfg=LIGHT) == {False}
+    assert flags(mrla_cfg=BASE, mrla_recompute_input=False) == {False}
+    assert flags(mrla_cfg=LIGHT, mrla_recompute_input=True) == {True}
+    assert flags(mrla_cfg=None) == {False}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        flags(mrla_cfg=BASE, with_cp=True)
 
 
 def test_mmpretrain_drop_path_keeps_the_input_stored():

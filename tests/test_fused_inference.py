@@ -155,7 +155,7 @@ def test_fused_base_training_matches_pytorch_path(norm_eval, recompute,
     torch.manual_seed(0)
     fused = MRLAResNet(
         50, mrla_cfg=dict(type='MRLABase', recompute_values=recompute),
-        out_indices=(0, 1, 2, 3))
+        out_indices=(0, 1, 2, 3), mrla_recompute_input=False)
     _randomize_norms(fused)
     fused = fused.double()
     fused.norm_eval = norm_eval

@@ -41,6 +41,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 VARIANTS = ('plain', 'light', 'base', 'light-pytorch', 'base-pytorch',
             'base-keep', 'light-compiled', 'base-compiled', 'light-slim',
             'base-slim')
+# The backbones as MRLAResNet builds them by default.
+DEFAULT_VARIANTS = ('plain', 'light', 'base-slim')
 
 
 def parse_args(argv=None):
@@ -55,13 +57,16 @@ def parse_args(argv=None):
                    help='run under autocast in this dtype')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=5)
-    p.add_argument('--variants', nargs='+', default=list(VARIANTS[:3]),
+    p.add_argument('--variants', nargs='+', default=list(DEFAULT_VARIANTS),
                    choices=VARIANTS,
                    help='"-pytorch" variants force the pure-PyTorch path '
                    'of the MRLA ops, "-compiled" ones the compiled ops '
                    '(also where "auto" prefers PyTorch); "base-keep" is '
                    'MRLA-base with recompute_values=False; "-slim" ones '
-                   'recompute MRLA\'s input (mrla_recompute_input=True)')
+                   'recompute MRLA\'s input (mrla_recompute_input=True, '
+                   'MRLA-base\'s default), the others store it (False). '
+                   'Default: the backbones as built by default, '
+                   f'{" ".join(DEFAULT_VARIANTS)}')
     p.add_argument('--modes', nargs='+', default=['infer', 'train'],
                    choices=('infer', 'train'))
     p.add_argument('--memory', action='store_true',

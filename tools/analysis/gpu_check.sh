@@ -64,7 +64,7 @@ step backbone_light 150 8 $PY tools/analysis/benchmark_backbone.py \
     --variants plain light light-pytorch light-compiled
 step backbone_base 120 8 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --amp bf16 --channels-last --batch 64 --repeats 20 \
-    --warmup 3 --variants plain base base-pytorch base-compiled
+    --warmup 3 --variants plain base-slim base base-pytorch base-compiled
 # The host issues an eager step's kernels about as fast as the GPU runs
 # them: compiled (CUDA graphs) against compiled plain ResNet-50.
 step backbone_compiled 300 8 $PY tools/analysis/benchmark_backbone.py \
@@ -73,7 +73,8 @@ step backbone_compiled 300 8 $PY tools/analysis/benchmark_backbone.py \
     --variants plain light
 step memory_r101 120 9 $PY tools/analysis/benchmark_backbone.py \
     --device cuda --depth 101 --batch 8 --modes infer --repeats 1 \
-    --warmup 0 --memory --variants plain light base base-keep base-pytorch
+    --warmup 0 --memory --variants plain light light-slim base-slim base \
+    base-keep base-pytorch
 
 if [ "${SANITIZE:-0}" = 1 ]; then
     step memcheck 100 6 compute-sanitizer --tool memcheck --error-exitcode 9 \

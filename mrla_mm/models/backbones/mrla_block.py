@@ -47,15 +47,19 @@ class MRLABlockMixin:
         mrla_cfg (dict, optional): The MRLA layer, see
             :func:`build_mrla_layer`. None gives the plain block.
         mrla_drop_path (float): Drop-path rate of the MRLA branch.
-        mrla_recompute_input (bool): In a training step, do not store
-            ``o``, MRLA's input, next to the block output: the backward
-            rebuilds it from the last convolution's output and the shortcut
-            (see :func:`mrla_mm.ops.batch_norm_add_relu`), one map of the
-            block's width less per block for one more elementwise pass
-            per read. Takes effect when the block runs in its stage (which
-            holds the :class:`RecomputedMaps`), without ``with_cp``, and
-            with a BatchNorm tail (``tail_is_norm``). Outputs and gradients
-            are the same either way, to float rounding. Defaults to False.
+        mrla_recompute_input (bool, optional): In a training step, do not
+            store ``o``, MRLA's input, next to the block output: the
+            backward rebuilds it from the last convolution's output and the
+            shortcut (see :func:`mrla_mm.ops.batch_norm_add_relu`), one map
+            of the block's width less per block for one more elementwise
+            pass per read. Takes effect when the block runs in its stage
+            (which holds the :class:`RecomputedMaps`), without ``with_cp``,
+            and with a BatchNorm tail (``tail_is_norm``); True warns where
+            it cannot. Outputs and gradients are the same either way, to
+            float rounding. Defaults to None: on for MRLA-base, whose
+            training memory it keeps near the plain ResNet's at about the
+            same step time, off for MRLA-light, whose step it slows for
+            less (docs/benchmarks.md).
         *args, **kwargs: Arguments of the host block.
     """
 
@@ -65,12 +69,14 @@ class MRLABlockMixin:
                  *args,
                  mrla_cfg: Optional[dict] = None,
                  mrla_drop_path: float = 0.,
-                 mrla_recompute_input: bool = False,
+                 mrla_recompute_input: Optional[bool] = None,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self.mrla_recompute_input = mrla_recompute_input
         channels = getattr(self, self.last_conv).out_channels
         self.mrla = build_mrla_layer(mrla_cfg, channels, RESNET_DIM_PER_HEAD)
+        self.mrla_recompute_input = (
+            isinstance(self.mrla, MRLABase)
+            if mrla_recompute_input is None else mrla_recompute_input)
         if self.mrla is None:
             return
         reason = self._recompute_input_blocker()
