@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 from torch.profiler import ProfilerActivity, profile
 
+import mrla_mm.ops.batch_norm_add_relu as bar
 from mrla_mm.models import MRLAClsResNet, MRLAResNet
 from mrla_mm.models.layers import MRLACache
 from mrla_mm.models.layers.batch_norm_args import batch_norm_args
@@ -20,6 +21,7 @@ from mrla_mm.ops.batch_norm_add_relu import (
     _block_end,
     batch_norm_add_relu,
 )
+from mrla_mm.ops.mrla_base_norm import RELEASE_CHUNK
 from conftest import rel_err
 
 LIGHT, BASE = dict(type='MRLALight'), dict(type='MRLABase')
@@ -246,6 +248,33 @@ def test_blocks_recomputing_their_input_are_the_same_model(
         # to rebuild ``o`` (MRLA-light's branch keeps it anyway).
         saved -= sum(per_stage)
     assert held[0] - held[1] >= 0.95 * saved
+
+
+def test_base_step_rebuilds_each_input_once_per_read(monkeypatch):
+    """MRLA-base with its input rebuilt: each block's input is built once
+    in the forward, and in the backward once per chunk of values a layer
+    recomputes (for its readout, then but for the last chunk for the
+    readout's gradients); the block's own value map and block end take
+    the one its layer's backward rebuilt instead of building their own."""
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'compiled')
+    builds = []
+    monkeypatch.setattr(
+        bar, '_block_end',
+        lambda *args, end=bar._block_end: builds.append(1) or end(*args))
+    torch.manual_seed(0)
+    model = MRLAResNet(50, mrla_cfg=BASE, norm_eval=False, out_indices=(3, ))
+    model.train()
+    out = model(torch.rand(1, 3, 64, 64))[0]
+    assert len(builds) == 16
+    out.sum().backward()
+
+    def rebuilt(values):
+        last = values - RELEASE_CHUNK * ((values - 1) // RELEASE_CHUNK)
+        return values + values - last
+
+    blocks = (3, 4, 6, 3)
+    assert len(builds) - 16 == sum(
+        rebuilt(t + 1) for n in blocks for t in range(n))
 
 
 def _forward_holding(model, x):

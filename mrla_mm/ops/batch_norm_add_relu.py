@@ -64,9 +64,12 @@ class BatchNormAddReLURecipe:
         self._ctx, self._maps = ctx, None
 
     def compute(self, keep: bool = False) -> Tensor:
-        """The map. With ``keep`` (a bound recipe) the op's own backward,
-        which comes next, takes it for the ReLU's mask instead of
-        rebuilding it: one rebuild serves both."""
+        """The map. With ``keep`` (a bound recipe) it is held until the
+        op's own backward, which takes it for the ReLU's mask instead of
+        rebuilding it, and the calls until then get it too: one rebuild
+        serves them all."""
+        if self._ctx is not None and self._ctx.kept is not None:
+            return self._ctx.kept
         x, identity = (self._maps if self._maps is not None else
                        self._ctx.saved_tensors[:2])
         out = _block_end(x, identity, self.weight, self.bias, self.mean,

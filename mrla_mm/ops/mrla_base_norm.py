@@ -155,7 +155,9 @@ def _value_chunks(ctx, maps, starts=None, differentiable: bool = False):
         for s in range(start, stop):
             src = maps[num + s]
             if not isinstance(src, Tensor):
-                src = src.compute()
+                # The layer's own source serves its block's later backward
+                # nodes too (its value map's, its block end's).
+                src = src.compute(keep=s == num - 1 and not differentiable)
             kernel = maps[2 * num + s]
             if differentiable:
                 with torch.enable_grad():

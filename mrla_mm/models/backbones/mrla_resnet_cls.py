@@ -66,14 +66,10 @@ class MRLAClsResNet(ResNet):
         mrla_drop_path (float): Drop-path rate of the MRLA branch of every
             block; the authors trained their ImageNet models with 0.2.
             Defaults to 0.
-        mrla_recompute_input (bool, optional): In training, rebuild each
-            block's MRLA input in the backward instead of storing it next
-            to the block output: one map of the block's width less per
-            block, for an elementwise pass per read (see
-            docs/benchmarks.md). Outputs and gradients are unchanged.
-            Defaults to None: on for MRLA-base (ResNet-101's peak training
-            memory 1.38x -> 1.17x of plain ResNet-101's on the CPU), off
-            for MRLA-light.
+        mrla_recompute_input (bool, optional): Rebuild each block's MRLA
+            input in the backward of a training step instead of storing
+            it, as in mmdet's :class:`MRLAResNet`. Defaults to None: on for
+            MRLA-base, off for MRLA-light.
         **kwargs: Arguments of mmpretrain's :class:`ResNet`.
     """
 
