@@ -57,9 +57,8 @@ class MRLABlockMixin:
             and with a BatchNorm tail (``tail_is_norm``); True warns where
             it cannot. Outputs and gradients are the same either way, to
             float rounding. Defaults to None: on for MRLA-base, whose
-            training memory it keeps near the plain ResNet's at about the
-            same step time, off for MRLA-light, whose step it slows for
-            less (docs/benchmarks.md).
+            training memory it keeps near the plain ResNet's, off for
+            MRLA-light, which has less to gain (docs/benchmarks.md).
         *args, **kwargs: Arguments of the host block.
     """
 
