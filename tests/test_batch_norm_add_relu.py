@@ -254,8 +254,9 @@ def test_base_step_rebuilds_each_input_once_per_read(monkeypatch):
     """MRLA-base with its input rebuilt: each block's input is built once
     in the forward, and in the backward once per chunk of values a layer
     recomputes (for its readout, then but for the last chunk for the
-    readout's gradients); the block's own value map and block end take
-    the one its layer's backward rebuilt instead of building their own."""
+    readout's gradients), except that a layer keeps its own block's input
+    and the previous block's: its block's value map and block end and the
+    previous layer take that one instead of building their own."""
     monkeypatch.setenv('MRLA_OPS_BACKEND', 'compiled')
     builds = []
     monkeypatch.setattr(
@@ -268,13 +269,19 @@ def test_base_step_rebuilds_each_input_once_per_read(monkeypatch):
     assert len(builds) == 16
     out.sum().backward()
 
-    def rebuilt(values):
-        last = values - RELEASE_CHUNK * ((values - 1) // RELEASE_CHUNK)
-        return values + values - last
+    def rebuilt(t, n):
+        """Builds in the backward of layer ``t`` of a stage of ``n``."""
+        # The readout's values: the layer's own input was kept by the next
+        # layer (but in the stage's last).
+        readout = t + 1 - (t < n - 1)
+        # Its gradients: the chunks but the last, without the previous
+        # layer's input (kept for the readout).
+        first = RELEASE_CHUNK * (t // RELEASE_CHUNK)
+        return readout + first - (0 < t <= first)
 
     blocks = (3, 4, 6, 3)
     assert len(builds) - 16 == sum(
-        rebuilt(t + 1) for n in blocks for t in range(n))
+        rebuilt(t, n) for n in blocks for t in range(n))
 
 
 def _forward_holding(model, x):

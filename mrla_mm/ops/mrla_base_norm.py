@@ -156,8 +156,10 @@ def _value_chunks(ctx, maps, starts=None, differentiable: bool = False):
             src = maps[num + s]
             if not isinstance(src, Tensor):
                 # The layer's own source serves its block's later backward
-                # nodes too (its value map's, its block end's).
-                src = src.compute(keep=s == num - 1 and not differentiable)
+                # nodes too (its value map's, its block end's), and the
+                # previous layer's source that layer's backward, which in a
+                # stage comes next.
+                src = src.compute(keep=s >= num - 2 and not differentiable)
             kernel = maps[2 * num + s]
             if differentiable:
                 with torch.enable_grad():
