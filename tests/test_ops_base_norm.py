@@ -9,7 +9,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from mrla_mm.models.layers import MRLABase
-from mrla_mm.ops import base_weights, mrla_value
+from mrla_mm.ops import base_weights, mrla_base_norm, mrla_value
 from mrla_mm.ops.mrla_base_norm import (
     mrla_base_batch_norm,
     mrla_base_batch_norm_pytorch,
@@ -234,6 +234,30 @@ def test_no_map_of_its_own_is_kept_for_the_backward():
     assert len(saved_maps(_fused, False) - inputs) == 3
     # The three value maps, the readout and the norm's output.
     assert len(saved_maps(_reference) - inputs) == 5
+
+
+@pytest.mark.parametrize('recompute,passes', [(True, 2), (False, 1)])
+def test_kept_values_are_read_in_one_pass(recompute, passes, monkeypatch):
+    """Six values: the readout and its gradients take recomputed values
+    four at a time (two kernel calls each, in the forward too, so that
+    it sums as the backward does) and kept values all at once (one)."""
+    calls = []
+
+    def count(name, fn):
+        monkeypatch.setattr(mrla_base_norm, name,
+                            lambda *a: calls.append(name) or fn(*a))
+
+    count('_fused_inference', mrla_base_norm._fused_inference)
+    count('readout_backward', mrla_base_norm.readout_backward)
+    small, sources, kernels = _inputs(2, 2, 4, 5, 5, 6, torch.float64, 0)
+    x = small[0].requires_grad_()
+    sources = [s.requires_grad_() for s in sources]
+    out = _fused(*small, sources, kernels, 2, 'identity', True, recompute)
+    assert calls == ['_fused_inference'] * passes
+    out.sum().backward()
+    assert calls == (['_fused_inference'] * (2 * passes) +
+                     ['readout_backward'] * passes)
+    assert x.grad is not None and all(s.grad is not None for s in sources)
 
 
 def test_bad_arguments_are_named():

@@ -86,6 +86,9 @@ class MRLABaseNormFunction(Function):
         num = len(maps) // 3 if recompute else len(maps)
         ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
         ctx.recompute, ctx.num_values = recompute, num
+        # Recomputed values come RELEASE_CHUNK at a time, and the forward
+        # sums the readout in the same chunks; kept values are read at once.
+        ctx.chunk = RELEASE_CHUNK if recompute else num
         readout = _readout(weights, _value_chunks(ctx, maps))[0]
         out = torch.native_batch_norm(readout, weight, bias, running_mean,
                                       running_var, training, momentum,
@@ -141,13 +144,13 @@ def _recipe(source) -> Optional[BatchNormAddReLURecipe]:
 
 
 def _value_chunks(ctx, maps, starts=None, differentiable: bool = False):
-    """``(start, values[start:start + RELEASE_CHUNK])`` for each of
-    ``starts`` (all, in order, by default): the kept values, or values
-    recomputed from their sources chunk by chunk (each chunk made when
-    asked for; with ``differentiable`` under autograd)."""
+    """``(start, values[start:start + ctx.chunk])`` for each of ``starts``
+    (all, in order, by default): the kept values, or values recomputed
+    from their sources chunk by chunk (each chunk made when asked for;
+    with ``differentiable`` under autograd)."""
     num = ctx.num_values
-    for start in range(0, num, RELEASE_CHUNK) if starts is None else starts:
-        stop = min(num, start + RELEASE_CHUNK)
+    for start in range(0, num, ctx.chunk) if starts is None else starts:
+        stop = min(num, start + ctx.chunk)
         if maps[start] is not None:
             yield start, list(maps[start:stop])
             continue
@@ -189,7 +192,7 @@ def _readout(weights: Tensor, chunks, keep_from: Optional[int] = None):
 
 def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
                      running_var, maps):
-    starts = list(range(0, ctx.num_values, RELEASE_CHUNK))
+    starts = list(range(0, ctx.num_values, ctx.chunk))
     # The last chunk of values serves the readout's gradients too, which
     # take the chunks in reverse: values of up to RELEASE_CHUNK layers are
     # recomputed once, not twice.
