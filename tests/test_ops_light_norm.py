@@ -151,6 +151,53 @@ def test_layer_with_norm_module_matches_the_module(momentum, mode):
                 atol=0), (step, name)
 
 
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('shape', [(3, 21, 7, 7), (2, 4, 56, 56),
+                                   (2, 6, 1, 1), (1, 40, 9, 5)])
+def test_norm_backward_is_the_statistics_then_the_backward(device, dtype,
+                                                           shape):
+    """``mrla_light_norm_backward`` (one op: on the CPU a kernel that takes
+    the gradient statistics and the gradients of a block of channels
+    together) gives the bits of the statistics op, the coefficients and
+    the backward op run one after the other. 21 channels of 7x7 planes
+    leave a last block short; 56x56 planes take a block each."""
+    ext = ext_loader.load_ext()
+    b, c, h, w = shape
+    x, o, g = (torch.randn(shape, dtype=dtype, device=device)
+               for _ in range(3))
+    weight = torch.randn(c, 9, dtype=dtype, device=device)
+    gate = torch.rand(b, 1, dtype=dtype, device=device)
+    lam, mean, gamma = (torch.randn(c, dtype=dtype, device=device)
+                        for _ in range(3))
+    invstd = torch.rand(c, dtype=dtype, device=device) + 0.5
+    for act in (0, 1):
+        for batch_stats in (True, False):
+            got = ext.mrla_light_norm_backward(g, x, weight, gate, lam, o,
+                                               gamma, mean, invstd,
+                                               batch_stats, act)
+            sums = ext.mrla_light_stats(x, weight, gate, lam, o, g, mean,
+                                        act).sum(0)
+            a = gamma * invstd
+            n = b * h * w
+            if batch_stats:
+                coef = [-a * invstd * invstd * sums[:, 1] / n,
+                        -a * sums[:, 0] / n]
+            else:
+                coef = [torch.zeros_like(a)] * 2
+            want = ext.mrla_light_backward(g, x, weight, gate, lam, o,
+                                           torch.stack([a, *coef, mean]),
+                                           act)
+            for name, u, v in zip(
+                    ('grad_x', 'grad_o_prev', 'weight', 'gate', 'lambda',
+                     'sums'), got, [*want, sums]):
+                assert torch.equal(u, v), (name, act, batch_stats)
+    with pytest.raises(RuntimeError, match=f'gamma must be a contiguous '
+                       f'tensor of {c} elements'):
+        ext.mrla_light_norm_backward(g, x, weight, gate, lam, o, gamma[:1],
+                                     mean, invstd, True, 0)
+
+
 def test_bad_arguments_are_named():
     x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
         1, 1, 4, 1, 1, torch.float32, 0)

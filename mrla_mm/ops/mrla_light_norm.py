@@ -75,27 +75,15 @@ class MRLALightNormFunction(Function):
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_out)
         ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
-        acc = ops[1].dtype
         grad_out = grad_out.to(x.dtype).contiguous(
             memory_format=map_format(x))
-        ext = load_ext()
-        mean, invstd = mean.to(acc), invstd.to(acc)
-        sums = ext.mrla_light_stats(*ops, grad_out, mean,
-                                    ACT_CODES[ctx.value_act]).sum(0)
+        # mean and invstd come in the accumulation dtype (see forward).
+        gamma = torch.ones_like(invstd) if weight is None else (
+            weight.detach().to(invstd.dtype).contiguous())
+        gx, go, gw, gg, gl, sums = load_ext().mrla_light_norm_backward(
+            grad_out, *ops, gamma, mean, invstd, ctx.batch_stats,
+            ACT_CODES[ctx.value_act])
         sum_g, sum_gz = sums[:, 0], sums[:, 1]
-        gamma = invstd.new_ones(()) if weight is None else weight.detach().to(
-            acc)
-        a = gamma * invstd
-        if ctx.batch_stats:
-            # The batch mean and variance depend on z as well.
-            n = x.numel() // x.shape[1]
-            b = -a * invstd * invstd * sum_gz / n
-            c = -a * sum_g / n
-        else:
-            b = c = torch.zeros_like(mean)
-        norm = torch.stack(torch.broadcast_tensors(a, b, c, mean)).contiguous()
-        gx, go, gw, gg, gl = ext.mrla_light_backward(
-            grad_out, *ops, norm, ACT_CODES[ctx.value_act])
         bsz, ch = x.shape[:2]
         heads = gate.shape[1]
         grad_weight = None if weight is None else (invstd * sum_gz).to(

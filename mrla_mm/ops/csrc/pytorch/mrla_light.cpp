@@ -8,6 +8,7 @@
 // statistics op gives per-plane moments of z, or of the gradient against
 // z, and the backward takes the norm's gradient coefficients, so that z
 // is never stored: the kernels recompute it from x.
+#include "mrla_norm.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 
@@ -39,6 +40,45 @@ void mrla_light_stats_impl(const Tensor x, const Tensor weight,
                            const Tensor center, Tensor stats, int64_t act) {
   DISPATCH_DEVICE_IMPL(mrla_light_stats_impl, x, weight, gate, lambda,
                        o_prev, grad, center, stats, act);
+}
+
+void mrla_light_norm_backward_impl(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    const Tensor gamma, const Tensor mean, const Tensor invstd,
+    bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    Tensor sums, int64_t act) {
+  DISPATCH_DEVICE_IMPL(mrla_light_norm_backward_impl, grad_out, x, weight,
+                       gate, lambda, o_prev, gamma, mean, invstd, batch_stats,
+                       grad_x, grad_o_prev, grad_weight_part, grad_gate_part,
+                       grad_lambda_part, sums, act);
+}
+
+// mrla_light_norm_backward_impl from the statistics op and the backward op
+// (two passes over the maps, the coefficients in between): the
+// implementation for devices without a fused kernel (CUDA).
+void mrla_light_norm_backward_composed(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    const Tensor gamma, const Tensor mean, const Tensor invstd,
+    bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    Tensor sums, int64_t act) {
+  Tensor stats = at::empty({x.size(0), x.size(1), 2}, weight.options());
+  mrla_light_stats_impl(x, weight, gate, lambda, o_prev, grad_out, mean,
+                        stats, act);
+  sums.copy_(stats.sum(0));
+  Tensor a = gamma * invstd;
+  Tensor b = at::zeros_like(a), c = at::zeros_like(a);
+  if (batch_stats) {
+    mrla_norm_batch_terms(a, invstd, sums.select(1, 0), sums.select(1, 1),
+                          static_cast<double>(x.numel() / x.size(1)), b, c);
+  }
+  mrla_light_backward_impl(grad_out, x, weight, gate, lambda, o_prev,
+                           at::stack({a, b, c, mean}), grad_x, grad_o_prev,
+                           grad_weight_part, grad_gate_part, grad_lambda_part,
+                           act);
 }
 
 namespace {
@@ -163,4 +203,41 @@ Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
   mrla_light_stats_impl(x, weight, gate, lambda, o_prev, grad, center, stats,
                         act);
   return stats;
+}
+
+// The backward of y = x + batch_norm(z), z the core's output, from the
+// norm's gamma (ones without one), mean and invstd [C] (batch_stats: they
+// are the batch's, which depend on z): the outputs of mrla_light_backward
+// and sums [C, 2], {sum grad_out, sum grad_out * (z - mean)} per channel
+// (the gradients of the norm's bias and, times invstd, of its weight).
+std::vector<Tensor> mrla_light_norm_backward(Tensor grad_out, Tensor x,
+                                             Tensor weight, Tensor gate,
+                                             Tensor lambda, Tensor o_prev,
+                                             Tensor gamma, Tensor mean,
+                                             Tensor invstd, bool batch_stats,
+                                             int64_t act) {
+  const bool cl = maps_channels_last(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  check_map_like(grad_out, x, cl, "grad_out");
+  const int64_t b = x.size(0), c = x.size(1);
+  check_small(gamma, x, c, "gamma");
+  check_small(mean, x, c, "mean");
+  check_small(invstd, x, c, "invstd");
+  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
+              "got ", act);
+  const auto fmt =
+      cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  Tensor grad_x = at::empty_like(x, fmt);
+  Tensor grad_o_prev =
+      o_prev.numel() ? at::empty_like(x, fmt) : at::empty({0}, x.options());
+  Tensor grad_weight_part = at::empty({b, c, 9}, weight.options());
+  Tensor grad_gate_part = at::empty({b, c}, weight.options());
+  Tensor grad_lambda_part = at::empty({b, c}, weight.options());
+  Tensor sums = at::empty({c, 2}, weight.options());
+  mrla_light_norm_backward_impl(grad_out, x, weight, gate, lambda, o_prev,
+                                gamma, mean, invstd, batch_stats, grad_x,
+                                grad_o_prev, grad_weight_part, grad_gate_part,
+                                grad_lambda_part, sums, act);
+  return {grad_x,         grad_o_prev,      grad_weight_part,
+          grad_gate_part, grad_lambda_part, sums};
 }

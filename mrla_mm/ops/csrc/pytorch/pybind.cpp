@@ -10,6 +10,12 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
                                         Tensor weight, Tensor gate,
                                         Tensor lambda, Tensor o_prev,
                                         Tensor norm, int64_t act);
+std::vector<Tensor> mrla_light_norm_backward(Tensor grad_out, Tensor x,
+                                             Tensor weight, Tensor gate,
+                                             Tensor lambda, Tensor o_prev,
+                                             Tensor gamma, Tensor mean,
+                                             Tensor invstd, bool batch_stats,
+                                             int64_t act);
 Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
                         Tensor o_prev, Tensor grad, Tensor center,
                         int64_t act);
@@ -42,6 +48,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Per-plane moments of the MRLA-light core output", py::arg("x"),
         py::arg("weight"), py::arg("gate"), py::arg("lambda_t"),
         py::arg("o_prev"), py::arg("grad"), py::arg("center"),
+        py::arg("act"));
+  m.def("mrla_light_norm_backward", &mrla_light_norm_backward,
+        "Backward of x + batch_norm(MRLA-light core)", py::arg("grad_out"),
+        py::arg("x"), py::arg("weight"), py::arg("gate"),
+        py::arg("lambda_t"), py::arg("o_prev"), py::arg("gamma"),
+        py::arg("mean"), py::arg("invstd"), py::arg("batch_stats"),
         py::arg("act"));
   m.def("mrla_base_forward", &mrla_base_forward, "MRLA-base readout forward",
         py::arg("weights"), py::arg("values"), py::arg("scale"),

@@ -18,6 +18,7 @@
 
 #include "mrla_act.hpp"
 #include "mrla_cpu_target.hpp"
+#include "mrla_norm.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 
@@ -97,30 +98,42 @@ MRLA_ALWAYS_INLINE void core_row(A* v, const T* o, A gate, A lambda,
   }
 }
 
+// The plane of x in the padded grid and its 3x3 value map in acc.
+template <typename T, typename A>
+MRLA_ALWAYS_INLINE void plane_value(const LightPlane<T, A>& a, A* pad,
+                                    A* acc) {
+  fill_padded(pad, a.x, a.h, a.w);
+  conv_flat(acc, pad, a.w9, a.h, a.w + 2);
+}
+
 // Statistics of the core's output z over one plane: without a gradient
 // {mean, sum (z - mean)^2}, with one {sum grad, sum grad * (z - center)}.
+// Fills pad and acc (see plane_value) first; with a gradient acc keeps the
+// value map (for the backward), without one it ends holding z.
 template <typename T, typename A, bool HasPrev, bool HasGrad, bool Gelu>
 MRLA_ALWAYS_INLINE void plane_stats(const LightPlane<T, A>& a, A* pad,
                                     A* acc, A* out2) {
   const int64_t h = a.h, w = a.w, s = w + 2;
-  const A center = a.center;
-  fill_padded(pad, a.x, h, w);
-  conv_flat(acc, pad, a.w9, h, s);
+  const A gate = a.gate, lambda = a.lambda, center = a.center;
+  plane_value(a, pad, acc);
   A s1 = 0, s2 = 0;
   for (int64_t y = 0; y < h; ++y) {
-    A* z = acc + y * s;
-    core_row<T, A, HasPrev, Gelu>(
-        z, HasPrev ? a.o_prev + y * w : nullptr, a.gate, a.lambda, w);
+    A* v = acc + y * s;
+    const T* o = HasPrev ? a.o_prev + y * w : nullptr;
     if (HasGrad) {
       const T* g = a.grad + y * w;
 #pragma omp simd reduction(+ : s1, s2)
       for (int64_t x = 0; x < w; ++x) {
+        const A z =
+            mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
+                            Gelu ? kMRLAGelu : kMRLAIdentity);
         s1 += A(g[x]);
-        s2 += A(g[x]) * (z[x] - center);
+        s2 += A(g[x]) * (z - center);
       }
     } else {
+      core_row<T, A, HasPrev, Gelu>(v, o, gate, lambda, w);
 #pragma omp simd reduction(+ : s1)
-      for (int64_t x = 0; x < w; ++x) s1 += z[x];
+      for (int64_t x = 0; x < w; ++x) s1 += v[x];
     }
   }
   if (!HasGrad) {
@@ -165,15 +178,16 @@ MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
 // sums: [gate, lambda, weight taps 0..8] of the plane.
 // With Norm, grad is the gradient of x + batch_norm(z) (see LightPlane):
 // the core's own gradient is formed first, kept in the value-gradient row,
-// and grad itself is added to grad_x (the residual).
+// and grad itself is added to grad_x (the residual). With filled, pad and
+// acc hold the plane's plane_value already; acc is overwritten.
 template <typename T, typename A, bool HasPrev, bool Gelu, bool Norm>
 MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
-                                       A* acc, A* gvpad, A* sums) {
+                                       A* acc, A* gvpad, A* sums,
+                                       bool filled) {
   const int64_t h = a.h, w = a.w, s = w + 2;
   const A gate = a.gate, lambda = a.lambda;
   const A na = a.na, nb = a.nb, nc = a.nc, center = a.center;
-  fill_padded(pad, a.x, h, w);
-  conv_flat(acc, pad, a.w9, h, s);
+  if (!filled) plane_value(a, pad, acc);
   A sum_gate = 0, sum_lambda = 0;
   for (int64_t y = 0; y < h; ++y) {
     const T* g = a.grad + y * w;
@@ -254,7 +268,8 @@ MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
 template <typename T, typename A>
 using PlaneForwardFn = void (*)(const LightPlane<T, A>&, A*, A*);
 template <typename T, typename A>
-using PlaneBackwardFn = void (*)(const LightPlane<T, A>&, A*, A*, A*, A*);
+using PlaneBackwardFn = void (*)(const LightPlane<T, A>&, A*, A*, A*, A*,
+                                 bool);
 template <typename T, typename A>
 using PlaneStatsFn = void (*)(const LightPlane<T, A>&, A*, A*, A*);
 
@@ -269,13 +284,14 @@ MRLA_TARGET_AVX2 void plane_forward_avx2(const LightPlane<T, A>& a, A* pad,
 }
 template <typename T, typename A, bool P, bool G, bool N>
 void plane_backward_default(const LightPlane<T, A>& a, A* pad, A* acc,
-                            A* gvpad, A* sums) {
-  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums);
+                            A* gvpad, A* sums, bool filled) {
+  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums, filled);
 }
 template <typename T, typename A, bool P, bool G, bool N>
 MRLA_TARGET_AVX2 void plane_backward_avx2(const LightPlane<T, A>& a, A* pad,
-                                          A* acc, A* gvpad, A* sums) {
-  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums);
+                                          A* acc, A* gvpad, A* sums,
+                                          bool filled) {
+  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums, filled);
 }
 template <typename T, typename A, bool P, bool R, bool G>
 void plane_stats_default(const LightPlane<T, A>& a, A* pad, A* acc,
@@ -533,7 +549,7 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
                            has_norm ? nrm[s.c + ch] : A(0),
                            has_norm ? nrm[2 * s.c + ch] : A(0),
                            has_norm ? nrm[3 * s.c + ch] : A(0)};
-        fn(a, pad.data() + 1, acc.data(), gvpad.data() + 1, sums);
+        fn(a, pad.data() + 1, acc.data(), gvpad.data() + 1, sums, false);
         ggp[p] = sums[0];
         glp[p] = sums[1];
         std::copy(sums + 2, sums + 11, gwp + p * 9);
@@ -677,6 +693,117 @@ void light_stats(const Tensor& x, const Tensor& weight, const Tensor& gate,
   });
 }
 
+// The backward of x + batch_norm(z) on contiguous maps, a block of
+// neighbouring channels at a time: the gradient statistics of the block's
+// planes, then their gradients while the planes of x and their value maps
+// are still in scratch (one 3x3 convolution per plane instead of two, and
+// the maps' second reads from the cache). Blocks of several small planes
+// keep the reads of each sample one run of memory.
+template <typename T>
+void light_norm_backward(const Tensor& grad_out, const Tensor& x,
+                         const Tensor& weight, const Tensor& gate,
+                         const Tensor& lambda, const Tensor& o_prev,
+                         const Tensor& gamma, const Tensor& mean,
+                         const Tensor& invstd, bool batch_stats,
+                         Tensor& grad_x, Tensor& grad_o_prev,
+                         Tensor& gw_part, Tensor& gg_part, Tensor& gl_part,
+                         Tensor& sums, int act) {
+  using A = at::opmath_type<T>;
+  TORCH_CHECK(x.is_contiguous(), "mrla_light_norm_backward: channels_last "
+              "maps are not implemented on the CPU; pass a contiguous map");
+  const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
+  const bool has_prev = o_prev.numel() > 0;
+  const T* gp = grad_out.const_data_ptr<T>();
+  const T* xp = x.const_data_ptr<T>();
+  const T* op = has_prev ? o_prev.const_data_ptr<T>() : nullptr;
+  T* gxp = grad_x.mutable_data_ptr<T>();
+  T* gop = has_prev ? grad_o_prev.mutable_data_ptr<T>() : nullptr;
+  A* gwp = gw_part.mutable_data_ptr<A>();
+  A* ggp = gg_part.mutable_data_ptr<A>();
+  A* glp = gl_part.mutable_data_ptr<A>();
+  A* sp = sums.mutable_data_ptr<A>();
+  const A* w9 = weight.const_data_ptr<A>();
+  const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
+  const A* gam = gamma.const_data_ptr<A>();
+  const A* cen = mean.const_data_ptr<A>();
+  const A* inv = invstd.const_data_ptr<A>();
+  const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
+  const bool gelu = act == kMRLAGelu;
+  const auto stats_fn = pick_plane_stats<T, A>(has_prev, true, gelu);
+  const auto backward_fn = pick_plane_backward<T, A>(has_prev, gelu, true);
+  const int64_t hw = s.h * s.w, pad_n = padded_size(s.h, s.w),
+                acc_n = s.h * (s.w + 2);
+  const A count = A(s.b * hw);
+  // About 4096 pixels of a sample per block, and blocks for every thread.
+  const int64_t block = std::max<int64_t>(
+      1, std::min<int64_t>(4096 / hw,
+                           s.c / (4 * int64_t(at::get_num_threads()))));
+  const int64_t blocks = (s.c + block - 1) / block;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // Each plane of the block keeps its padded input and value map.
+    std::vector<A> pads(s.b * block * pad_n, A(0));
+    std::vector<A> values(s.b * block * acc_n), gvpad(pad_n, A(0));
+    std::vector<A> sum_g(block), sum_gz(block);
+    A moments[2], part[11];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * block, cn = std::min(block, s.c - c0);
+      auto plane = [&](int64_t b, int64_t k) {
+        const int64_t p = b * s.c + c0 + k, ch = c0 + k;
+        return LightPlane<T, A>{xp + p * hw,
+                                has_prev ? op + p * hw : nullptr,
+                                gp + p * hw,
+                                nullptr,
+                                gxp + p * hw,
+                                has_prev ? gop + p * hw : nullptr,
+                                w9 + ch * 9,
+                                gc[p],
+                                has_prev ? lam[ch] : A(0),
+                                A(1),
+                                A(0),
+                                s.h,
+                                s.w,
+                                A(0),
+                                A(0),
+                                A(0),
+                                cen[ch]};
+      };
+      std::fill(sum_g.begin(), sum_g.end(), A(0));
+      std::fill(sum_gz.begin(), sum_gz.end(), A(0));
+      for (int64_t b = 0; b < s.b; ++b) {
+        for (int64_t k = 0; k < cn; ++k) {
+          const int64_t slot = b * block + k;
+          stats_fn(plane(b, k), pads.data() + slot * pad_n + 1,
+                   values.data() + slot * acc_n, moments);
+          sum_g[k] += moments[0];
+          sum_gz[k] += moments[1];
+        }
+      }
+      for (int64_t b = 0; b < s.b; ++b) {
+        for (int64_t k = 0; k < cn; ++k) {
+          const int64_t ch = c0 + k, slot = b * block + k;
+          LightPlane<T, A> a = plane(b, k);
+          a.na = gam[ch] * inv[ch];
+          if (batch_stats) {
+            mrla_norm_batch_terms(a.na, inv[ch], sum_g[k], sum_gz[k], count,
+                                  a.nb, a.nc);
+          }
+          backward_fn(a, pads.data() + slot * pad_n + 1,
+                      values.data() + slot * acc_n, gvpad.data() + 1, part,
+                      true);
+          const int64_t p = b * s.c + ch;
+          ggp[p] = part[0];
+          glp[p] = part[1];
+          std::copy(part + 2, part + 11, gwp + p * 9);
+        }
+      }
+      for (int64_t k = 0; k < cn; ++k) {
+        sp[2 * (c0 + k)] = sum_g[k];
+        sp[2 * (c0 + k) + 1] = sum_gz[k];
+      }
+    }
+  });
+}
+
 bool is_channels_last(const Tensor& x) { return !x.is_contiguous(); }
 
 }  // namespace
@@ -724,6 +851,23 @@ void mrla_light_stats_cpu(const Tensor x, const Tensor weight,
       });
 }
 
+void mrla_light_norm_backward_cpu(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    const Tensor gamma, const Tensor mean, const Tensor invstd,
+    bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    Tensor sums, int64_t act) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(),
+      "mrla_light_norm_backward_cpu", [&] {
+        light_norm_backward<scalar_t>(
+            grad_out, x, weight, gate, lambda, o_prev, gamma, mean, invstd,
+            batch_stats, grad_x, grad_o_prev, grad_weight_part,
+            grad_gate_part, grad_lambda_part, sums, static_cast<int>(act));
+      });
+}
+
 void mrla_light_forward_impl(const Tensor x, const Tensor weight,
                              const Tensor gate, const Tensor lambda,
                              const Tensor o_prev, const Tensor scale,
@@ -740,6 +884,15 @@ void mrla_light_stats_impl(const Tensor x, const Tensor weight,
                            const Tensor gate, const Tensor lambda,
                            const Tensor o_prev, const Tensor grad,
                            const Tensor center, Tensor stats, int64_t act);
+void mrla_light_norm_backward_impl(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    const Tensor gamma, const Tensor mean, const Tensor invstd,
+    bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    Tensor sums, int64_t act);
 REGISTER_DEVICE_IMPL(mrla_light_forward_impl, CPU, mrla_light_forward_cpu);
 REGISTER_DEVICE_IMPL(mrla_light_backward_impl, CPU, mrla_light_backward_cpu);
 REGISTER_DEVICE_IMPL(mrla_light_stats_impl, CPU, mrla_light_stats_cpu);
+REGISTER_DEVICE_IMPL(mrla_light_norm_backward_impl, CPU,
+                     mrla_light_norm_backward_cpu);

@@ -50,6 +50,20 @@ void mrla_light_stats_impl(const Tensor x, const Tensor weight,
                            const Tensor gate, const Tensor lambda,
                            const Tensor o_prev, const Tensor grad,
                            const Tensor center, Tensor stats, int64_t act);
+void mrla_light_norm_backward_impl(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    const Tensor gamma, const Tensor mean, const Tensor invstd,
+    bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    Tensor sums, int64_t act);
+void mrla_light_norm_backward_composed(
+    const Tensor grad_out, const Tensor x, const Tensor weight,
+    const Tensor gate, const Tensor lambda, const Tensor o_prev,
+    const Tensor gamma, const Tensor mean, const Tensor invstd,
+    bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
+    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
+    Tensor sums, int64_t act);
 void mrla_base_forward_impl(const Tensor weights,
                             const std::vector<Tensor> values,
                             const Tensor scale, const Tensor shift,
@@ -67,6 +81,8 @@ REGISTER_DEVICE_IMPL(mrla_light_backward_impl, CUDA,
                      MRLALightBackwardCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_light_stats_impl, CUDA,
                      MRLALightStatsCUDAKernelLauncher);
+REGISTER_DEVICE_IMPL(mrla_light_norm_backward_impl, CUDA,
+                     mrla_light_norm_backward_composed);
 REGISTER_DEVICE_IMPL(mrla_base_forward_impl, CUDA,
                      MRLABaseForwardCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_base_backward_impl, CUDA,
