@@ -79,6 +79,11 @@ def test_cuda_extension_compiles_and_links():
         # A zero norm gradient leaves only the residual's.
         'gx = m.mrla_light_backward(x, x, w, gate, lam, x, '
         'torch.zeros(4, 4), 0)[0]\n'
+        'assert torch.equal(gx, x)\n'
+        # The same through the one-op backward: gamma = 0.
+        'z = torch.zeros(4)\n'
+        'gx = m.mrla_light_norm_backward(x, x, w, gate, lam, x, z, z, '
+        'torch.ones(4), True, 0)[0]\n'
         'assert torch.equal(gx, x)\n')
     proc = subprocess.run([sys.executable, '-c', check], cwd=BUILD,
                           capture_output=True, text=True, timeout=300)
