@@ -7,7 +7,9 @@
 // For a train-mode BatchNorm after the core (y = x + batch_norm(z)), the
 // statistics op gives per-plane moments of z, or of the gradient against
 // z, and the backward takes the norm's gradient coefficients, so that z
-// is never stored: the kernels recompute it from x.
+// is never stored: the kernels recompute it from x. The norm backward op
+// runs both for y's backward (on the CPU as one kernel, see
+// mrla_light_cpu.cpp; elsewhere composed of the two).
 #include "mrla_norm.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
