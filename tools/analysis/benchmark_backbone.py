@@ -306,8 +306,9 @@ def print_table(args, results, memory, ops=None):
             t, ref = results[mode][v], results[mode].get('plain')
             row += f' {t:.3f} | ' + (f'{t / ref:.3f}x |' if ref else '- |')
         if memory:
+            # Tenths of a MiB: small test inputs differ by less than one.
             for m, ref in zip(memory[v], memory.get('plain', (None, None))):
-                row += f' {m:.0f} | ' + (f'{m / ref:.3f}x |'
+                row += f' {m:.1f} | ' + (f'{m / ref:.3f}x |'
                                          if ref else '- |')
         if ops:
             ref = ops.get('plain')

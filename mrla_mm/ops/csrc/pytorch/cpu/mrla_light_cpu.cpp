@@ -491,6 +491,71 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
   });
 }
 
+// The operands of a backward call and their (b, c) planes.
+template <typename T, typename A>
+struct BackwardOperands {
+  Shape s;
+  const T* grad;
+  const T* x;
+  const T* o_prev;  // null without a history term
+  T* grad_x;
+  T* grad_o;
+  A* gw_part;
+  A* gg_part;
+  A* gl_part;
+  const A* w9;
+  const A* lambda;
+  std::vector<A> gate;  // per (b, c)
+
+  BackwardOperands(const Tensor& grad_out, const Tensor& x_,
+                   const Tensor& weight, const Tensor& gate_,
+                   const Tensor& lambda_, const Tensor& o_prev_,
+                   Tensor& grad_x_, Tensor& grad_o_prev, Tensor& gw,
+                   Tensor& gg, Tensor& gl)
+      : s{x_.size(0), x_.size(1), x_.size(2), x_.size(3), gate_.size(1)},
+        grad(grad_out.const_data_ptr<T>()),
+        x(x_.const_data_ptr<T>()),
+        o_prev(o_prev_.numel() ? o_prev_.const_data_ptr<T>() : nullptr),
+        grad_x(grad_x_.mutable_data_ptr<T>()),
+        grad_o(o_prev ? grad_o_prev.mutable_data_ptr<T>() : nullptr),
+        gw_part(gw.mutable_data_ptr<A>()),
+        gg_part(gg.mutable_data_ptr<A>()),
+        gl_part(gl.mutable_data_ptr<A>()),
+        w9(weight.const_data_ptr<A>()),
+        lambda(o_prev ? lambda_.const_data_ptr<A>() : nullptr),
+        gate(gate_per_channel(gate_.const_data_ptr<A>(), s)) {}
+
+  // Plane p = b * C + c of a contiguous map, with the coefficients of a
+  // train-mode norm after the core (see LightPlane; zeros without one).
+  LightPlane<T, A> plane(int64_t p, A na, A nb, A nc, A center) const {
+    const int64_t hw = s.h * s.w, ch = p % s.c;
+    return {x + p * hw,
+            o_prev ? o_prev + p * hw : nullptr,
+            grad + p * hw,
+            nullptr,
+            grad_x + p * hw,
+            o_prev ? grad_o + p * hw : nullptr,
+            w9 + ch * 9,
+            gate[p],
+            o_prev ? lambda[ch] : A(0),
+            A(1),
+            A(0),
+            s.h,
+            s.w,
+            na,
+            nb,
+            nc,
+            center};
+  }
+
+  // Plane p's sums from plane_backward: gate, lambda, nine weight taps.
+  void store(int64_t p, const A* sums) const {
+    gg_part[p] = sums[0];
+    gl_part[p] = sums[1];
+    std::copy(sums + 2, sums + 11, gw_part + p * 9);
+  }
+};
+
 template <typename T>
 void light_backward(const Tensor& grad_out, const Tensor& x,
                     const Tensor& weight, const Tensor& gate,
@@ -499,19 +564,16 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
                     Tensor& gw_part, Tensor& gg_part, Tensor& gl_part,
                     int act, bool cl) {
   using A = at::opmath_type<T>;
-  const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
-  const T* gp = grad_out.const_data_ptr<T>();
-  const T* xp = x.const_data_ptr<T>();
-  const bool has_prev = o_prev.numel() > 0;
-  const T* op = has_prev ? o_prev.const_data_ptr<T>() : nullptr;
-  T* gxp = grad_x.mutable_data_ptr<T>();
-  T* gop = has_prev ? grad_o_prev.mutable_data_ptr<T>() : nullptr;
-  A* gwp = gw_part.mutable_data_ptr<A>();
-  A* ggp = gg_part.mutable_data_ptr<A>();
-  A* glp = gl_part.mutable_data_ptr<A>();
-  const A* w9 = weight.const_data_ptr<A>();
-  const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
-  const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
+  const BackwardOperands<T, A> ops(grad_out, x, weight, gate, lambda, o_prev,
+                                   grad_x, grad_o_prev, gw_part, gg_part,
+                                   gl_part);
+  const Shape& s = ops.s;
+  const T *gp = ops.grad, *xp = ops.x, *op = ops.o_prev;
+  T *gxp = ops.grad_x, *gop = ops.grad_o;
+  A *gwp = ops.gw_part, *ggp = ops.gg_part, *glp = ops.gl_part;
+  const A *w9 = ops.w9, *lam = ops.lambda;
+  const std::vector<A>& gc = ops.gate;
+  const bool has_prev = op != nullptr;
   const int64_t hw = s.h * s.w;
   // Rows a, b, c, center of the norm's gradient coefficients, see
   // LightPlane.
@@ -532,27 +594,12 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
       A sums[11];
       for (int64_t p = begin; p < end; ++p) {
         const int64_t ch = p % s.c;
-        LightPlane<T, A> a{xp + p * hw,
-                           has_prev ? op + p * hw : nullptr,
-                           gp + p * hw,
-                           nullptr,
-                           gxp + p * hw,
-                           has_prev ? gop + p * hw : nullptr,
-                           w9 + ch * 9,
-                           gc[p],
-                           has_prev ? lam[ch] : A(0),
-                           A(1),
-                           A(0),
-                           s.h,
-                           s.w,
-                           has_norm ? nrm[ch] : A(0),
-                           has_norm ? nrm[s.c + ch] : A(0),
-                           has_norm ? nrm[2 * s.c + ch] : A(0),
-                           has_norm ? nrm[3 * s.c + ch] : A(0)};
+        const LightPlane<T, A> a =
+            has_norm ? ops.plane(p, nrm[ch], nrm[s.c + ch],
+                                 nrm[2 * s.c + ch], nrm[3 * s.c + ch])
+                     : ops.plane(p, A(0), A(0), A(0), A(0));
         fn(a, pad.data() + 1, acc.data(), gvpad.data() + 1, sums, false);
-        ggp[p] = sums[0];
-        glp[p] = sums[1];
-        std::copy(sums + 2, sums + 11, gwp + p * 9);
+        ops.store(p, sums);
       }
     });
     return;
@@ -711,23 +758,15 @@ void light_norm_backward(const Tensor& grad_out, const Tensor& x,
   using A = at::opmath_type<T>;
   TORCH_CHECK(x.is_contiguous(), "mrla_light_norm_backward: channels_last "
               "maps are not implemented on the CPU; pass a contiguous map");
-  const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
-  const bool has_prev = o_prev.numel() > 0;
-  const T* gp = grad_out.const_data_ptr<T>();
-  const T* xp = x.const_data_ptr<T>();
-  const T* op = has_prev ? o_prev.const_data_ptr<T>() : nullptr;
-  T* gxp = grad_x.mutable_data_ptr<T>();
-  T* gop = has_prev ? grad_o_prev.mutable_data_ptr<T>() : nullptr;
-  A* gwp = gw_part.mutable_data_ptr<A>();
-  A* ggp = gg_part.mutable_data_ptr<A>();
-  A* glp = gl_part.mutable_data_ptr<A>();
+  const BackwardOperands<T, A> ops(grad_out, x, weight, gate, lambda, o_prev,
+                                   grad_x, grad_o_prev, gw_part, gg_part,
+                                   gl_part);
+  const Shape& s = ops.s;
+  const bool has_prev = ops.o_prev != nullptr;
   A* sp = sums.mutable_data_ptr<A>();
-  const A* w9 = weight.const_data_ptr<A>();
-  const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
   const A* gam = gamma.const_data_ptr<A>();
   const A* cen = mean.const_data_ptr<A>();
   const A* inv = invstd.const_data_ptr<A>();
-  const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
   const bool gelu = act == kMRLAGelu;
   const auto stats_fn = pick_plane_stats<T, A>(has_prev, true, gelu);
   const auto backward_fn = pick_plane_backward<T, A>(has_prev, gelu, true);
@@ -747,32 +786,13 @@ void light_norm_backward(const Tensor& grad_out, const Tensor& x,
     A moments[2], part[11];
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t c0 = blk * block, cn = std::min(block, s.c - c0);
-      auto plane = [&](int64_t b, int64_t k) {
-        const int64_t p = b * s.c + c0 + k, ch = c0 + k;
-        return LightPlane<T, A>{xp + p * hw,
-                                has_prev ? op + p * hw : nullptr,
-                                gp + p * hw,
-                                nullptr,
-                                gxp + p * hw,
-                                has_prev ? gop + p * hw : nullptr,
-                                w9 + ch * 9,
-                                gc[p],
-                                has_prev ? lam[ch] : A(0),
-                                A(1),
-                                A(0),
-                                s.h,
-                                s.w,
-                                A(0),
-                                A(0),
-                                A(0),
-                                cen[ch]};
-      };
       std::fill(sum_g.begin(), sum_g.end(), A(0));
       std::fill(sum_gz.begin(), sum_gz.end(), A(0));
       for (int64_t b = 0; b < s.b; ++b) {
         for (int64_t k = 0; k < cn; ++k) {
-          const int64_t slot = b * block + k;
-          stats_fn(plane(b, k), pads.data() + slot * pad_n + 1,
+          const int64_t ch = c0 + k, slot = b * block + k;
+          stats_fn(ops.plane(b * s.c + ch, A(0), A(0), A(0), cen[ch]),
+                   pads.data() + slot * pad_n + 1,
                    values.data() + slot * acc_n, moments);
           sum_g[k] += moments[0];
           sum_gz[k] += moments[1];
@@ -781,19 +801,17 @@ void light_norm_backward(const Tensor& grad_out, const Tensor& x,
       for (int64_t b = 0; b < s.b; ++b) {
         for (int64_t k = 0; k < cn; ++k) {
           const int64_t ch = c0 + k, slot = b * block + k;
-          LightPlane<T, A> a = plane(b, k);
-          a.na = gam[ch] * inv[ch];
+          const A na = gam[ch] * inv[ch];
+          A nb = 0, nc = 0;
           if (batch_stats) {
-            mrla_norm_batch_terms(a.na, inv[ch], sum_g[k], sum_gz[k], count,
-                                  a.nb, a.nc);
+            mrla_norm_batch_terms(na, inv[ch], sum_g[k], sum_gz[k], count,
+                                  nb, nc);
           }
-          backward_fn(a, pads.data() + slot * pad_n + 1,
+          backward_fn(ops.plane(b * s.c + ch, na, nb, nc, cen[ch]),
+                      pads.data() + slot * pad_n + 1,
                       values.data() + slot * acc_n, gvpad.data() + 1, part,
                       true);
-          const int64_t p = b * s.c + ch;
-          ggp[p] = part[0];
-          glp[p] = part[1];
-          std::copy(part + 2, part + 11, gwp + p * 9);
+          ops.store(b * s.c + ch, part);
         }
       }
       for (int64_t k = 0; k < cn; ++k) {
