@@ -70,12 +70,13 @@ void mrla_light_norm_backward_composed(
   Tensor stats = at::empty({x.size(0), x.size(1), 2}, weight.options());
   mrla_light_stats_impl(x, weight, gate, lambda, o_prev, grad_out, mean,
                         stats, act);
-  sums.copy_(stats.sum(0));
-  Tensor a = gamma * invstd;
-  Tensor b = at::zeros_like(a), c = at::zeros_like(a);
+  at::sum_out(sums, stats, {0});
+  Tensor a = gamma * invstd, b, c;
   if (batch_stats) {
     mrla_norm_batch_terms(a, invstd, sums.select(1, 0), sums.select(1, 1),
                           static_cast<double>(x.numel() / x.size(1)), b, c);
+  } else {
+    b = c = at::zeros_like(a);
   }
   mrla_light_backward_impl(grad_out, x, weight, gate, lambda, o_prev,
                            at::stack({a, b, c, mean}), grad_x, grad_o_prev,
