@@ -84,7 +84,12 @@ def test_cuda_extension_compiles_and_links():
         'z = torch.zeros(4)\n'
         'gx = m.mrla_light_norm_backward(x, x, w, gate, lam, x, z, z, '
         'torch.ones(4), True, 0)[0]\n'
-        'assert torch.equal(gx, x)\n')
+        'assert torch.equal(gx, x)\n'
+        # The one-op forward: gamma = 0 leaves x + beta.
+        'y, mean, invstd, var = m.mrla_light_norm_forward(x, w, gate, lam, '
+        'x, z, torch.ones(4), e, e, True, 1e-5, 0)\n'
+        'assert torch.equal(y, x + 1)\n'
+        'assert torch.allclose(mean, x.mean((0, 2, 3)))\n')
     proc = subprocess.run([sys.executable, '-c', check], cwd=BUILD,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -198,6 +198,76 @@ def test_norm_backward_is_the_statistics_then_the_backward(device, dtype,
                                      mean, invstd, True, 0)
 
 
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('shape', [(3, 21, 7, 7), (2, 4, 56, 56),
+                                   (2, 6, 1, 1), (1, 40, 9, 5)])
+def test_norm_forward_is_the_statistics_then_the_output(device, dtype,
+                                                        shape):
+    """``mrla_light_norm_forward`` (on the CPU one kernel per block of
+    channels that keeps ``z`` in cache from the statistics to the output)
+    gives the bits of the statistics op, the parallel merge of the planes'
+    moments in float64 and the forward op with the norm folded in, run one
+    after the other; with running statistics, the bits of the forward op
+    on them."""
+    ext = ext_loader.load_ext()
+    b, c, h, w = shape
+    x, o = (torch.randn(shape, dtype=dtype, device=device) for _ in range(2))
+    # An offset far from zero: the merge must not cancel.
+    x = x + 30
+    weight = torch.randn(c, 9, dtype=dtype, device=device)
+    gate = torch.rand(b, 1, dtype=dtype, device=device)
+    lam, gamma, beta, r_mean = (torch.randn(c, dtype=dtype, device=device)
+                                for _ in range(4))
+    r_var = torch.rand(c, dtype=torch.float32, device=device) + 0.5
+    none = x.new_empty(0)
+    for act in (0, 1):
+        y, mean, invstd, var = ext.mrla_light_norm_forward(
+            x, weight, gate, lam, o, gamma, beta, none, none, True, 1e-5, act)
+        stats = ext.mrla_light_stats(x, weight, gate, lam, o, none, none,
+                                     act).double()
+        plane_mean, plane_m2 = stats[..., 0], stats[..., 1]
+        want_mean = plane_mean.mean(0)
+        want_var = (plane_m2.sum(0) + h * w * (
+            (plane_mean - want_mean)**2).sum(0)) / (b * h * w)
+        want_invstd = torch.rsqrt(want_var + 1e-5).to(dtype)
+        want_mean = want_mean.to(dtype)
+        scale = want_invstd * gamma
+        shift = beta - want_mean * scale
+        want_y = ext.mrla_light_forward(x, weight, gate, lam, o, scale,
+                                        shift, act, True)
+        for name, u, v in zip(('y', 'mean', 'invstd', 'var'),
+                              (y, mean, invstd, var),
+                              (want_y, want_mean, want_invstd, want_var)):
+            assert torch.equal(u, v), (name, act)
+        z = ext.mrla_light_forward(x, weight, gate, lam, o, none, none, act,
+                                   False).double()
+        torch.testing.assert_close(
+            var, z.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=0)
+
+        y, mean, invstd, var = ext.mrla_light_norm_forward(
+            x, weight, gate, lam, o, gamma, beta, r_mean, r_var, False, 1e-5,
+            act)
+        want_invstd = torch.rsqrt(r_var.double() + 1e-5).to(dtype)
+        scale = want_invstd * gamma
+        want_y = ext.mrla_light_forward(x, weight, gate, lam, o, scale,
+                                        beta - r_mean * scale, act, True)
+        assert torch.equal(y, want_y), act
+        assert torch.equal(invstd, want_invstd) and torch.equal(mean, r_mean)
+        assert torch.equal(var, r_var.double())
+    with pytest.raises(RuntimeError, match=f'beta must be a contiguous '
+                       f'tensor of {c} elements'):
+        ext.mrla_light_norm_forward(x, weight, gate, lam, o, gamma, beta[:1],
+                                    none, none, True, 1e-5, 0)
+    with pytest.raises(RuntimeError, match=rf'var_in must be a float tensor '
+                       rf'of shape \[{c}\] without batch_stats'):
+        ext.mrla_light_norm_forward(x, weight, gate, lam, o, gamma, beta,
+                                    r_mean, none, False, 1e-5, 0)
+    with pytest.raises(RuntimeError, match='eps must be positive, got 0'):
+        ext.mrla_light_norm_forward(x, weight, gate, lam, o, gamma, beta,
+                                    none, none, True, 0.0, 0)
+
+
 def test_bad_arguments_are_named():
     x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
         1, 1, 4, 1, 1, torch.float32, 0)

@@ -2,12 +2,13 @@
 
 In training the branch costs, besides the core, a statistics pass of the
 norm, its normalisation, the residual add and their backward passes, and
-it keeps the core's output for the norm's backward. Here the kernels take
-the norm's statistics of the core output ``z`` while recomputing ``z`` from
-``x`` (a 3x3 depthwise convolution is cheaper than a stored map), write
-``x + batch_norm(z)`` in one pass, and in the backward turn the incoming
-gradient into the core's through the norm's coefficients on the fly: ``z``
-is never stored.
+it keeps the core's output for the norm's backward. Here one op writes
+``x + batch_norm(z)`` from one read of the maps (on the CPU the core
+output ``z`` of a block of channels stays in cache between the statistics
+and the output), and the backward recomputes ``z`` from ``x`` (a 3x3
+depthwise convolution is cheaper than a stored map) and turns the incoming
+gradient into the core's through the norm's coefficients on the fly:
+``z`` is never stored.
 """
 from typing import Optional, Tuple
 
@@ -23,7 +24,6 @@ from .mrla_light import (
     _kernel_operands,
     mrla_light_core_pytorch,
 )
-from .mrla_math import channel_affine
 
 
 def mrla_light_batch_norm_pytorch(x: Tensor,
@@ -49,37 +49,49 @@ def mrla_light_batch_norm_pytorch(x: Tensor,
 class MRLALightNormFunction(Function):
     """Compiled ``x + batch_norm(z)``, ``z`` the MRLA-light core of ``x``.
 
-    The norm's ``mean`` and ``invstd`` come in computed: from the batch
-    (``batch_stats``, their dependence on ``z`` is in the backward) or
-    from running statistics (constants). First-order gradients come from
-    the kernels; a double backward goes through the PyTorch composition.
+    The op normalises with the batch's statistics (``batch_stats``, their
+    dependence on ``z`` is in the backward; ``running_mean`` and
+    ``running_var``, when given, are updated in place with ``momentum``) or
+    with the running statistics (constants). First-order gradients come
+    from the kernels; a double backward goes through the PyTorch
+    composition.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, value_weight: Tensor, gate: Tensor,
                 lambda_t: Tensor, o_prev: Tensor, weight: Optional[Tensor],
-                bias: Optional[Tensor], mean: Tensor, invstd: Tensor,
-                batch_stats: bool, eps: float, value_act: str) -> Tensor:
+                bias: Optional[Tensor], running_mean: Optional[Tensor],
+                running_var: Optional[Tensor], batch_stats: bool,
+                momentum: float, eps: float, value_act: str) -> Tensor:
+        ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
+        gamma, beta = _norm_operands(weight, bias, x)
+        given = (ops[0].new_empty(0), ) * 2 if batch_stats else (
+            running_mean.detach(), running_var.detach())
+        y, mean, invstd, var = load_ext().mrla_light_norm_forward(
+            *ops, gamma, beta, *given, batch_stats, eps,
+            ACT_CODES[value_act])
+        if batch_stats and running_mean is not None:
+            count = x.numel() // x.shape[1]
+            running_mean.mul_(1 - momentum).add_(
+                mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(
+                (var * count / (count - 1)).to(running_var.dtype),
+                alpha=momentum)
         ctx.save_for_backward(x, value_weight, gate, lambda_t, o_prev, weight,
-                              bias, mean, invstd)
+                              bias, mean, invstd, var)
         ctx.batch_stats, ctx.eps, ctx.value_act = batch_stats, eps, value_act
-        scale, shift = _norm_affine(weight, bias, mean, invstd)
-        return load_ext().mrla_light_forward(
-            *_kernel_operands(x, value_weight, gate, lambda_t, o_prev), scale,
-            shift, ACT_CODES[value_act], True)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (x, value_weight, gate, lambda_t, o_prev, weight, bias, mean,
-         invstd) = ctx.saved_tensors
+        (x, value_weight, gate, lambda_t, o_prev, weight, bias, mean, invstd,
+         _) = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_out)
         ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
         grad_out = grad_out.to(x.dtype).contiguous(
             memory_format=map_format(x))
-        # mean and invstd come in the accumulation dtype (see forward).
-        gamma = torch.ones_like(invstd) if weight is None else (
-            weight.detach().to(invstd.dtype).contiguous())
+        gamma, _ = _norm_operands(weight, None, x)
         gx, go, gw, gg, gl, sums = load_ext().mrla_light_norm_backward(
             grad_out, *ops, gamma, mean, invstd, ctx.batch_stats,
             ACT_CODES[ctx.value_act])
@@ -92,54 +104,40 @@ class MRLALightNormFunction(Function):
         return (gx, gw.sum(0).view_as(value_weight).to(value_weight.dtype),
                 gg.view(bsz, heads, ch // heads).sum(-1).to(gate.dtype),
                 gl.sum(0).to(lambda_t.dtype), go, grad_weight, grad_bias,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
-def _norm_affine(weight, bias, mean, invstd) -> Tuple[Tensor, Tensor]:
-    """The norm as ``scale * z + shift``, vectors in the dtype of
-    ``invstd`` (differentiable in ``weight`` and ``bias``)."""
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias.to(shift.dtype)
-    return scale.contiguous(), shift.contiguous()
+def _norm_operands(weight: Optional[Tensor], bias: Optional[Tensor],
+                   x: Tensor) -> Tuple[Tensor, Tensor]:
+    """The norm's gamma and beta as the kernels take them: in the
+    accumulation dtype of ``x``, ones and zeros when absent."""
+    acc = acc_dtype(x)
+    ch = x.shape[1]
+    gamma = x.new_ones(ch, dtype=acc) if weight is None else (
+        weight.detach().to(acc).contiguous())
+    beta = x.new_zeros(ch, dtype=acc) if bias is None else (
+        bias.detach().to(acc).contiguous())
+    return gamma, beta
 
 
 def _differentiable_backward(ctx, grad_out):
     """Gradients through the PyTorch composition, with their graph (double
-    backward). With batch statistics the norm is re-run on the batch."""
-    (x, value_weight, gate, lambda_t, o_prev, weight, bias, mean,
-     invstd) = ctx.saved_tensors
+    backward). With batch statistics the norm is re-run on the batch, else
+    on the statistics the forward used."""
+    (x, value_weight, gate, lambda_t, o_prev, weight, bias, mean, _,
+     var) = ctx.saved_tensors
     inputs = (x, value_weight, gate, lambda_t, o_prev, weight, bias)
     with torch.enable_grad():
         z = mrla_light_core_pytorch(x, value_weight, gate, lambda_t, o_prev,
                                     ctx.value_act)
-        if ctx.batch_stats:
-            y = x + F.batch_norm(z, None, None, weight, bias, True, 0.,
-                                 ctx.eps)
-        else:
-            scale, shift = _norm_affine(weight, bias, mean, invstd)
-            y = x + channel_affine(z, scale, shift)
+        stats = (None, None) if ctx.batch_stats else (mean, var.to(mean))
+        y = x + F.batch_norm(z, *stats, weight, bias, ctx.batch_stats, 0.,
+                             ctx.eps)
         wanted = [t for t in inputs if t is not None and t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad_out,
                                          create_graph=True))
     return (*(next(grads) if t is not None and t.requires_grad else None
-              for t in inputs), None, None, None, None, None)
-
-
-def _batch_moments(ops, act: int) -> Tuple[Tensor, Tensor, int]:
-    """Channel mean and biased variance of the core's output over the
-    batch (float64, from per-plane moments), and the count behind them."""
-    stats = load_ext().mrla_light_stats(*ops, ops[0].new_empty(0),
-                                        ops[1].new_empty(0), act).double()
-    b, _, h, w = ops[0].shape
-    plane_mean, plane_m2 = stats[..., 0], stats[..., 1]
-    mean = plane_mean.mean(0)
-    # Parallel-variance merge of the planes: no E[z^2] - E[z]^2
-    # cancellation.
-    m2 = plane_m2.sum(0) + h * w * ((plane_mean - mean)**2).sum(0)
-    count = b * h * w
-    return mean, m2 / count, count
+              for t in inputs), None, None, None, None, None, None)
 
 
 def mrla_light_batch_norm(x: Tensor,
@@ -192,20 +190,7 @@ def mrla_light_batch_norm(x: Tensor,
                                              o_prev, value_act, running_mean,
                                              running_var, weight, bias,
                                              training, momentum, eps)
-    acc = acc_dtype(x)
-    if training:
-        ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
-        mean, var, count = _batch_moments(ops, ACT_CODES[value_act])
-        if running_mean is not None:
-            with torch.no_grad():
-                running_mean.mul_(1 - momentum).add_(
-                    mean.to(running_mean.dtype), alpha=momentum)
-                running_var.mul_(1 - momentum).add_(
-                    (var * count / (count - 1)).to(running_var.dtype),
-                    alpha=momentum)
-    else:
-        mean, var = running_mean.detach(), running_var.detach()
-    invstd = torch.rsqrt(var.double() + eps).to(acc)
     return MRLALightNormFunction.apply(x, value_weight, gate, lambda_t,
-                                       o_prev, weight, bias, mean.to(acc),
-                                       invstd, training, eps, value_act)
+                                       o_prev, weight, bias, running_mean,
+                                       running_var, training, momentum, eps,
+                                       value_act)

@@ -7,9 +7,10 @@
 // For a train-mode BatchNorm after the core (y = x + batch_norm(z)), the
 // statistics op gives per-plane moments of z, or of the gradient against
 // z, and the backward takes the norm's gradient coefficients, so that z
-// is never stored: the kernels recompute it from x. The norm backward op
-// runs both for y's backward (on the CPU as one kernel, see
-// mrla_light_cpu.cpp; elsewhere composed of the two).
+// is never stored: the kernels recompute it from x. The norm forward op
+// runs the statistics and the folded forward for y, the norm backward op
+// the statistics and the backward for y's gradients (on the CPU each as
+// one kernel, see mrla_light_cpu.cpp; elsewhere composed of the two).
 #include "mrla_norm.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
@@ -55,6 +56,60 @@ void mrla_light_norm_backward_impl(
                        gate, lambda, o_prev, gamma, mean, invstd, batch_stats,
                        grad_x, grad_o_prev, grad_weight_part, grad_gate_part,
                        grad_lambda_part, sums, act);
+}
+
+void mrla_light_norm_forward_impl(const Tensor x, const Tensor weight,
+                                  const Tensor gate, const Tensor lambda,
+                                  const Tensor o_prev, const Tensor gamma,
+                                  const Tensor beta, double eps, Tensor out,
+                                  Tensor mean, Tensor invstd, Tensor var,
+                                  int64_t act) {
+  DISPATCH_DEVICE_IMPL(mrla_light_norm_forward_impl, x, weight, gate, lambda,
+                       o_prev, gamma, beta, eps, out, mean, invstd, var, act);
+}
+
+namespace {
+
+// out = x + gamma * (z - mean) * invstd + beta: the norm folded into the
+// forward op's affine.
+void light_norm_output(const Tensor& x, const Tensor& weight,
+                       const Tensor& gate, const Tensor& lambda,
+                       const Tensor& o_prev, const Tensor& gamma,
+                       const Tensor& beta, const Tensor& mean,
+                       const Tensor& invstd, Tensor& out, int64_t act) {
+  Tensor scale, shift;
+  mrla_norm_affine(gamma, beta, mean, invstd, scale, shift);
+  mrla_light_forward_impl(x, weight, gate, lambda, o_prev, scale, shift, out,
+                          act, true);
+}
+
+}  // namespace
+
+// mrla_light_norm_forward_impl from the statistics op, the channel
+// statistics in ATen and the forward op (two passes over the maps): the
+// implementation for devices without a fused kernel (CUDA).
+void mrla_light_norm_forward_composed(const Tensor x, const Tensor weight,
+                                      const Tensor gate, const Tensor lambda,
+                                      const Tensor o_prev,
+                                      const Tensor gamma, const Tensor beta,
+                                      double eps, Tensor out, Tensor mean,
+                                      Tensor invstd, Tensor var,
+                                      int64_t act) {
+  Tensor stats = at::empty({x.size(0), x.size(1), 2}, weight.options());
+  const Tensor none = at::empty({0}, weight.options());
+  mrla_light_stats_impl(x, weight, gate, lambda, o_prev, none, none, stats,
+                        act);
+  const Tensor plane_mean = stats.select(2, 0).to(at::kDouble);
+  const Tensor plane_m2 = stats.select(2, 1).to(at::kDouble);
+  auto sum = [&](auto f) { return f(plane_mean, plane_m2).sum(0); };
+  Tensor mu, sigma2;
+  mrla_norm_moments(sum, static_cast<double>(x.size(0)),
+                    static_cast<double>(x.size(2) * x.size(3)), mu, sigma2);
+  mean.copy_(mu);
+  invstd.copy_(mrla_norm_invstd(sigma2, eps));
+  var.copy_(sigma2);
+  light_norm_output(x, weight, gate, lambda, o_prev, gamma, beta, mean,
+                    invstd, out, act);
 }
 
 // mrla_light_norm_backward_impl from the statistics op and the backward op
@@ -156,6 +211,55 @@ Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
   mrla_light_forward_impl(x, weight, gate, lambda, o_prev, scale, shift, out,
                           act, add_input);
   return out;
+}
+
+// y = x + batch_norm(z), z the core's output, for a norm of weight gamma
+// and bias beta [C] (ones and zeros without them): with batch_stats on the
+// batch's statistics of z (mean_in and var_in empty), else on mean_in and
+// var_in (running statistics, any float dtype). Returns y, the mean and
+// invstd [C] it used (in the accumulation dtype: the backward's operands)
+// and the variance [C] (float64; biased with batch_stats).
+std::vector<Tensor> mrla_light_norm_forward(Tensor x, Tensor weight,
+                                            Tensor gate, Tensor lambda,
+                                            Tensor o_prev, Tensor gamma,
+                                            Tensor beta, Tensor mean_in,
+                                            Tensor var_in, bool batch_stats,
+                                            double eps, int64_t act) {
+  const bool cl = maps_channels_last(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  const int64_t c = x.size(1);
+  check_small(gamma, x, c, "gamma");
+  check_small(beta, x, c, "beta");
+  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
+              "got ", act);
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+  Tensor out = at::empty_like(x, cl ? at::MemoryFormat::ChannelsLast
+                                    : at::MemoryFormat::Contiguous);
+  if (batch_stats) {
+    TORCH_CHECK(x.numel() / c > 1, "batch statistics need more than one "
+                "value per channel, got x of shape ", x.sizes());
+    Tensor mean = at::empty({c}, weight.options());
+    Tensor invstd = at::empty({c}, weight.options());
+    Tensor var = at::empty({c}, weight.options().dtype(at::kDouble));
+    mrla_light_norm_forward_impl(x, weight, gate, lambda, o_prev, gamma, beta,
+                                 eps, out, mean, invstd, var, act);
+    return {out, mean, invstd, var};
+  }
+  for (const auto& [t, name] : {std::pair{&mean_in, "mean_in"},
+                                std::pair{&var_in, "var_in"}}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == c &&
+                    at::isFloatingType(t->scalar_type()),
+                name, " must be a float tensor of shape [", c,
+                "] without batch_stats, got ", t->scalar_type(), " of shape ",
+                t->sizes());
+  }
+  const Tensor var = var_in.to(at::kDouble);
+  const Tensor mean = mean_in.to(weight.scalar_type()).contiguous();
+  const Tensor invstd =
+      mrla_norm_invstd(var, eps).to(weight.scalar_type()).contiguous();
+  light_norm_output(x, weight, gate, lambda, o_prev, gamma, beta, mean,
+                    invstd, out, act);
+  return {out, mean, invstd, var};
 }
 
 // Returns grad_x, grad_o_prev and per-(b, c) partial sums for the weight

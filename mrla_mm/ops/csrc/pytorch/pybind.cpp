@@ -16,6 +16,12 @@ std::vector<Tensor> mrla_light_norm_backward(Tensor grad_out, Tensor x,
                                              Tensor gamma, Tensor mean,
                                              Tensor invstd, bool batch_stats,
                                              int64_t act);
+std::vector<Tensor> mrla_light_norm_forward(Tensor x, Tensor weight,
+                                            Tensor gate, Tensor lambda,
+                                            Tensor o_prev, Tensor gamma,
+                                            Tensor beta, Tensor mean_in,
+                                            Tensor var_in, bool batch_stats,
+                                            double eps, int64_t act);
 Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
                         Tensor o_prev, Tensor grad, Tensor center,
                         int64_t act);
@@ -54,6 +60,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("weight"), py::arg("gate"),
         py::arg("lambda_t"), py::arg("o_prev"), py::arg("gamma"),
         py::arg("mean"), py::arg("invstd"), py::arg("batch_stats"),
+        py::arg("act"));
+  m.def("mrla_light_norm_forward", &mrla_light_norm_forward,
+        "x + batch_norm(MRLA-light core)", py::arg("x"), py::arg("weight"),
+        py::arg("gate"), py::arg("lambda_t"), py::arg("o_prev"),
+        py::arg("gamma"), py::arg("beta"), py::arg("mean_in"),
+        py::arg("var_in"), py::arg("batch_stats"), py::arg("eps"),
         py::arg("act"));
   m.def("mrla_base_forward", &mrla_base_forward, "MRLA-base readout forward",
         py::arg("weights"), py::arg("values"), py::arg("scale"),

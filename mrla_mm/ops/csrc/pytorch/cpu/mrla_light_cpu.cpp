@@ -175,6 +175,27 @@ MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
   }
 }
 
+// y = x + scale * z + shift of a plane whose x and z are in scratch: pad
+// and acc as plane_stats without a gradient leaves them (the arithmetic of
+// plane_forward with AddInput).
+template <typename T, typename A>
+MRLA_ALWAYS_INLINE void plane_norm_output(const LightPlane<T, A>& a,
+                                          const A* pad, const A* acc) {
+  const int64_t h = a.h, w = a.w, s = w + 2;
+  const A scale = a.scale, shift = a.shift;
+  for (int64_t y = 0; y < h; ++y) {
+    const A* z = acc + y * s;
+    const A* xin = pad + (y + 1) * s + 1;
+    T* dst = a.out + y * w;
+#pragma omp simd
+    for (int64_t x = 0; x < w; ++x) {
+      A r = z[x] * scale + shift;
+      r += xin[x];
+      dst[x] = static_cast<T>(r);
+    }
+  }
+}
+
 // sums: [gate, lambda, weight taps 0..8] of the plane.
 // With Norm, grad is the gradient of x + batch_norm(z) (see LightPlane):
 // the core's own gradient is formed first, kept in the value-gradient row,
@@ -302,6 +323,17 @@ template <typename T, typename A, bool P, bool R, bool G>
 MRLA_TARGET_AVX2 void plane_stats_avx2(const LightPlane<T, A>& a, A* pad,
                                        A* acc, A* out2) {
   plane_stats<T, A, P, R, G>(a, pad, acc, out2);
+}
+
+template <typename T, typename A>
+void plane_norm_output_default(const LightPlane<T, A>& a, const A* pad,
+                               const A* acc) {
+  plane_norm_output<T, A>(a, pad, acc);
+}
+template <typename T, typename A>
+MRLA_TARGET_AVX2 void plane_norm_output_avx2(const LightPlane<T, A>& a,
+                                             const A* pad, const A* acc) {
+  plane_norm_output<T, A>(a, pad, acc);
 }
 
 // Calls f with std::true_type or std::false_type: a runtime flag as a
@@ -740,6 +772,101 @@ void light_stats(const Tensor& x, const Tensor& weight, const Tensor& gate,
   });
 }
 
+// Channels per block of the norm kernels: about 4096 pixels of a sample,
+// and blocks for every thread.
+inline int64_t channel_block(const Shape& s) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>(4096 / (s.h * s.w),
+                           s.c / (4 * int64_t(at::get_num_threads()))));
+}
+
+// y = x + batch_norm(z) with the batch's statistics on contiguous maps, a
+// block of neighbouring channels at a time: the moments of the block's
+// planes, each plane's padded x and z kept in scratch, then the channels'
+// statistics and affine map, then y from the scratch. Each map is read
+// once and z computed once (a statistics pass then an output pass read
+// both maps twice and convolve twice).
+template <typename T>
+void light_norm_forward(const Tensor& x, const Tensor& weight,
+                        const Tensor& gate, const Tensor& lambda,
+                        const Tensor& o_prev, const Tensor& gamma,
+                        const Tensor& beta, double eps, Tensor& out,
+                        Tensor& mean, Tensor& invstd, Tensor& var, int act) {
+  using A = at::opmath_type<T>;
+  TORCH_CHECK(x.is_contiguous(), "mrla_light_norm_forward: channels_last "
+              "maps are not implemented on the CPU; pass a contiguous map");
+  const Shape s{x.size(0), x.size(1), x.size(2), x.size(3), gate.size(1)};
+  const bool has_prev = o_prev.numel() > 0;
+  const T* xp = x.const_data_ptr<T>();
+  const T* op = has_prev ? o_prev.const_data_ptr<T>() : nullptr;
+  T* yp = out.mutable_data_ptr<T>();
+  const A* w9 = weight.const_data_ptr<A>();
+  const A* lam = has_prev ? lambda.const_data_ptr<A>() : nullptr;
+  const A* gam = gamma.const_data_ptr<A>();
+  const A* bet = beta.const_data_ptr<A>();
+  A* mean_out = mean.mutable_data_ptr<A>();
+  A* invstd_out = invstd.mutable_data_ptr<A>();
+  double* var_out = var.mutable_data_ptr<double>();
+  const std::vector<A> gc = gate_per_channel(gate.const_data_ptr<A>(), s);
+  const auto stats_fn =
+      pick_plane_stats<T, A>(has_prev, false, act == kMRLAGelu);
+  const auto output_fn = mrla_cpu_has_avx2()
+                             ? &plane_norm_output_avx2<T, A>
+                             : &plane_norm_output_default<T, A>;
+  const int64_t hw = s.h * s.w, pad_n = padded_size(s.h, s.w),
+                acc_n = s.h * (s.w + 2);
+  const int64_t block = channel_block(s);
+  const int64_t blocks = (s.c + block - 1) / block;
+  auto plane = [&](int64_t p, A scale, A shift) -> LightPlane<T, A> {
+    const int64_t ch = p % s.c;
+    return {xp + p * hw, has_prev ? op + p * hw : nullptr, nullptr,
+            yp + p * hw, nullptr, nullptr, w9 + ch * 9, gc[p],
+            has_prev ? lam[ch] : A(0), scale, shift, s.h, s.w};
+  };
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> pads(s.b * block * pad_n, A(0));
+    std::vector<A> values(s.b * block * acc_n), moments(s.b * block * 2);
+    std::vector<A> scale(block), shift(block);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * block, cn = std::min(block, s.c - c0);
+      for (int64_t b = 0; b < s.b; ++b) {
+        for (int64_t k = 0; k < cn; ++k) {
+          const int64_t slot = b * block + k;
+          stats_fn(plane(b * s.c + c0 + k, A(1), A(0)),
+                   pads.data() + slot * pad_n + 1,
+                   values.data() + slot * acc_n, moments.data() + 2 * slot);
+        }
+      }
+      for (int64_t k = 0; k < cn; ++k) {
+        const int64_t ch = c0 + k;
+        auto sum = [&](auto f) {
+          double t = 0;
+          for (int64_t b = 0; b < s.b; ++b) {
+            const A* m = moments.data() + 2 * (b * block + k);
+            t += f(double(m[0]), double(m[1]));
+          }
+          return t;
+        };
+        double mu = 0, sigma2 = 0;
+        mrla_norm_moments(sum, double(s.b), double(hw), mu, sigma2);
+        const A m = A(mu), inv = A(mrla_norm_invstd(sigma2, eps));
+        mrla_norm_affine(gam[ch], bet[ch], m, inv, scale[k], shift[k]);
+        mean_out[ch] = m;
+        invstd_out[ch] = inv;
+        var_out[ch] = sigma2;
+      }
+      for (int64_t b = 0; b < s.b; ++b) {
+        for (int64_t k = 0; k < cn; ++k) {
+          const int64_t slot = b * block + k;
+          output_fn(plane(b * s.c + c0 + k, scale[k], shift[k]),
+                    pads.data() + slot * pad_n + 1,
+                    values.data() + slot * acc_n);
+        }
+      }
+    }
+  });
+}
+
 // The backward of x + batch_norm(z) on contiguous maps, a block of
 // neighbouring channels at a time: the gradient statistics of the block's
 // planes, then their gradients while the planes of x and their value maps
@@ -773,10 +900,7 @@ void light_norm_backward(const Tensor& grad_out, const Tensor& x,
   const int64_t hw = s.h * s.w, pad_n = padded_size(s.h, s.w),
                 acc_n = s.h * (s.w + 2);
   const A count = A(s.b * hw);
-  // About 4096 pixels of a sample per block, and blocks for every thread.
-  const int64_t block = std::max<int64_t>(
-      1, std::min<int64_t>(4096 / hw,
-                           s.c / (4 * int64_t(at::get_num_threads()))));
+  const int64_t block = channel_block(s);
   const int64_t blocks = (s.c + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     // Each plane of the block keeps its padded input and value map.
@@ -886,11 +1010,32 @@ void mrla_light_norm_backward_cpu(
       });
 }
 
+void mrla_light_norm_forward_cpu(const Tensor x, const Tensor weight,
+                                 const Tensor gate, const Tensor lambda,
+                                 const Tensor o_prev, const Tensor gamma,
+                                 const Tensor beta, double eps, Tensor out,
+                                 Tensor mean, Tensor invstd, Tensor var,
+                                 int64_t act) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(),
+      "mrla_light_norm_forward_cpu", [&] {
+        light_norm_forward<scalar_t>(x, weight, gate, lambda, o_prev, gamma,
+                                     beta, eps, out, mean, invstd, var,
+                                     static_cast<int>(act));
+      });
+}
+
 void mrla_light_forward_impl(const Tensor x, const Tensor weight,
                              const Tensor gate, const Tensor lambda,
                              const Tensor o_prev, const Tensor scale,
                              const Tensor shift, Tensor out, int64_t act,
                              bool add_input);
+void mrla_light_norm_forward_impl(const Tensor x, const Tensor weight,
+                                  const Tensor gate, const Tensor lambda,
+                                  const Tensor o_prev, const Tensor gamma,
+                                  const Tensor beta, double eps, Tensor out,
+                                  Tensor mean, Tensor invstd, Tensor var,
+                                  int64_t act);
 void mrla_light_backward_impl(const Tensor grad_out, const Tensor x,
                               const Tensor weight, const Tensor gate,
                               const Tensor lambda, const Tensor o_prev,
@@ -914,3 +1059,5 @@ REGISTER_DEVICE_IMPL(mrla_light_backward_impl, CPU, mrla_light_backward_cpu);
 REGISTER_DEVICE_IMPL(mrla_light_stats_impl, CPU, mrla_light_stats_cpu);
 REGISTER_DEVICE_IMPL(mrla_light_norm_backward_impl, CPU,
                      mrla_light_norm_backward_cpu);
+REGISTER_DEVICE_IMPL(mrla_light_norm_forward_impl, CPU,
+                     mrla_light_norm_forward_cpu);

@@ -64,6 +64,18 @@ void mrla_light_norm_backward_composed(
     bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
     Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
     Tensor sums, int64_t act);
+void mrla_light_norm_forward_impl(const Tensor x, const Tensor weight,
+                                  const Tensor gate, const Tensor lambda,
+                                  const Tensor o_prev, const Tensor gamma,
+                                  const Tensor beta, double eps, Tensor out,
+                                  Tensor mean, Tensor invstd, Tensor var,
+                                  int64_t act);
+void mrla_light_norm_forward_composed(const Tensor x, const Tensor weight,
+                                      const Tensor gate, const Tensor lambda,
+                                      const Tensor o_prev,
+                                      const Tensor gamma, const Tensor beta,
+                                      double eps, Tensor out, Tensor mean,
+                                      Tensor invstd, Tensor var, int64_t act);
 void mrla_base_forward_impl(const Tensor weights,
                             const std::vector<Tensor> values,
                             const Tensor scale, const Tensor shift,
@@ -83,6 +95,8 @@ REGISTER_DEVICE_IMPL(mrla_light_stats_impl, CUDA,
                      MRLALightStatsCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_light_norm_backward_impl, CUDA,
                      mrla_light_norm_backward_composed);
+REGISTER_DEVICE_IMPL(mrla_light_norm_forward_impl, CUDA,
+                     mrla_light_norm_forward_composed);
 REGISTER_DEVICE_IMPL(mrla_base_forward_impl, CUDA,
                      MRLABaseForwardCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(mrla_base_backward_impl, CUDA,
