@@ -327,10 +327,11 @@ def test_core_output_is_not_kept_for_the_backward():
 
 
 def test_auto_keeps_small_planes_unfused(monkeypatch):
-    """auto runs the fused training branch from 10x10 planes on (measured
-    slower than the unfused ops at 7x7), the light core from 4x4."""
+    """auto runs the fused training branch from 7x7 planes on (measured
+    slower than the unfused ops at 4x4 and 5x5), the light core from
+    4x4."""
     monkeypatch.setenv('MRLA_OPS_BACKEND', 'auto')
-    small, large = torch.zeros(2, 4, 7, 7), torch.zeros(2, 4, 10, 10)
+    small, large = torch.zeros(2, 4, 6, 6), torch.zeros(2, 4, 7, 7)
     assert not ext_loader.use_compiled('mrla_light_batch_norm', (small, ))
     assert ext_loader.use_compiled('mrla_light_core', (small, ))
     assert ext_loader.use_compiled('mrla_light_batch_norm', (large, ))

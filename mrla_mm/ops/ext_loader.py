@@ -34,9 +34,10 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32,
 # per-plane kernels; from ResNet-50's 7x7 last stage on, the kernels are.
 CPU_MIN_PLANE = 16
 # Ops whose kernels make more passes need larger planes: the fused light
-# training branch (two passes forward, a two-phase kernel backward) loses
-# to the unfused ops in a ResNet-50 step at 7x7 and wins from 14x14 on.
-CPU_MIN_PLANE_OF_OP = dict(mrla_light_batch_norm=100)
+# training branch (a two-phase kernel each way) loses to the unfused ops
+# at 4x4 and 5x5 and wins from ResNet-50's 7x7 on (forward and backward
+# side by side, docs/benchmarks.md).
+CPU_MIN_PLANE_OF_OP = dict(mrla_light_batch_norm=49)
 # Ops whose CUDA kernels were measured slower than PyTorch on
 # channels_last maps (H100, bfloat16, docs/benchmarks.md): the fused light
 # training branch (0.67x-0.78x); the base value map and norm go the same
