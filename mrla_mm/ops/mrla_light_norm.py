@@ -10,7 +10,7 @@ depthwise convolution is cheaper than a stored map) and turns the incoming
 gradient into the core's through the norm's coefficients on the fly:
 ``z`` is never stored.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class MRLALightNormFunction(Function):
                 running_var: Optional[Tensor], batch_stats: bool,
                 momentum: float, eps: float, value_act: str) -> Tensor:
         ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
-        gamma, beta = _norm_operands(weight, bias, x)
+        gamma, beta = _norm_operand(weight, x, 1.), _norm_operand(bias, x, 0.)
         given = (ops[0].new_empty(0), ) * 2 if batch_stats else (
             running_mean.detach(), running_var.detach())
         y, mean, invstd, var = load_ext().mrla_light_norm_forward(
@@ -91,7 +91,7 @@ class MRLALightNormFunction(Function):
         ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
         grad_out = grad_out.to(x.dtype).contiguous(
             memory_format=map_format(x))
-        gamma, _ = _norm_operands(weight, None, x)
+        gamma = _norm_operand(weight, x, 1.)
         gx, go, gw, gg, gl, sums = load_ext().mrla_light_norm_backward(
             grad_out, *ops, gamma, mean, invstd, ctx.batch_stats,
             ACT_CODES[ctx.value_act])
@@ -107,17 +107,14 @@ class MRLALightNormFunction(Function):
                 None, None, None, None, None, None)
 
 
-def _norm_operands(weight: Optional[Tensor], bias: Optional[Tensor],
-                   x: Tensor) -> Tuple[Tensor, Tensor]:
-    """The norm's gamma and beta as the kernels take them: in the
-    accumulation dtype of ``x``, ones and zeros when absent."""
-    acc = acc_dtype(x)
-    ch = x.shape[1]
-    gamma = x.new_ones(ch, dtype=acc) if weight is None else (
-        weight.detach().to(acc).contiguous())
-    beta = x.new_zeros(ch, dtype=acc) if bias is None else (
-        bias.detach().to(acc).contiguous())
-    return gamma, beta
+def _norm_operand(param: Optional[Tensor], x: Tensor,
+                  absent: float) -> Tensor:
+    """The norm's weight or bias ``[C]`` as the kernels take it: in the
+    accumulation dtype of ``x``, filled with ``absent`` when there is
+    none."""
+    if param is None:
+        return x.new_full((x.shape[1], ), absent, dtype=acc_dtype(x))
+    return param.detach().to(acc_dtype(x)).contiguous()
 
 
 def _differentiable_backward(ctx, grad_out):
