@@ -10,7 +10,7 @@ from mrla_mm.models import (
     MRLAResNet,
     build_mrla_layer,
 )
-from mrla_mm.ops import adaptive_kernel_size
+from mrla_mm.ops import adaptive_kernel_size, channel_conv1d, query_key
 import mrla_reference as R
 from conftest import rel_err
 
@@ -21,6 +21,22 @@ from conftest import rel_err
 def test_adaptive_kernel_size(channels, k):
     assert adaptive_kernel_size(channels) == k
     assert MRLALight(channels, dim_per_head=32).kernel_size == k
+
+
+@pytest.mark.parametrize('channels,k', [(1, 3), (3, 5), (64, 3), (257, 7)])
+def test_channel_conv1d_is_a_zero_padded_conv1d(channels, k):
+    y = torch.randn(3, channels, dtype=torch.float64, requires_grad=True)
+    wq, wk = (torch.randn(1, 1, k, dtype=torch.float64, requires_grad=True)
+              for _ in range(2))
+    expected = [
+        nn.functional.conv1d(y[:, None], w, padding=k // 2)[:, 0]
+        for w in (wq, wk)
+    ]
+    assert torch.allclose(channel_conv1d(y, wq), expected[0], atol=1e-14)
+    q, key = query_key(y, wq, wk)
+    assert torch.allclose(q, expected[0], atol=1e-14)
+    assert torch.allclose(key, expected[1], atol=1e-14)
+    assert torch.autograd.gradcheck(query_key, (y, wq, wk))
 
 
 @pytest.mark.parametrize('cls', [MRLALight, MRLABase])

@@ -19,6 +19,7 @@ from .mrla_math import (
                      head_scores,
                      light_gate,
                      mrla_value,
+                     query_key,
 )
 from .residual_relu_pool import residual_relu_pool
 
@@ -28,6 +29,6 @@ __all__ = [
     'base_weights',
     'channel_conv1d', 'channel_descriptor', 'head_scores', 'light_gate',
     'mrla_base_batch_norm', 'mrla_base_readout',
-    'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value',
+    'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value', 'query_key',
     'residual_relu_pool', 'resolve_heads'
 ]

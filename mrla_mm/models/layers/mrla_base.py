@@ -6,7 +6,6 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mrla_mm.ops import (
-    channel_conv1d,
     channel_descriptor,
     check_feature_map,
     check_kernel_size,
@@ -14,6 +13,7 @@ from mrla_mm.ops import (
     check_value_act,
     mrla_base_batch_norm,
     mrla_base_readout,
+    query_key,
     resolve_heads,
 )
 from mrla_mm.ops.mrla_value import mrla_value_map
@@ -126,12 +126,12 @@ class MRLABase(BaseModule):
                             f'{type(cache).__name__}')
         check_norm_excludes_fold(norm, scale, add_input)
         y = channel_descriptor(x) if descriptor is None else descriptor
-        q = channel_conv1d(y, self.query_conv.weight)
+        q, key = query_key(y, self.query_conv.weight, self.key_conv.weight)
         kernel = self.value_conv.weight
         recompute = (norm is not None and self.recompute_values
                      and torch.is_grad_enabled())
         cache.append(
-            channel_conv1d(y, self.key_conv.weight),
+            key,
             mrla_value_map(x, kernel, self.value_act),
             *((x, kernel) if recompute else ()))
         if norm is not None:

@@ -6,7 +6,6 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mrla_mm.ops import (
-    channel_conv1d,
     channel_descriptor,
     check_feature_map,
     check_kernel_size,
@@ -15,6 +14,7 @@ from mrla_mm.ops import (
     light_gate,
     mrla_light_batch_norm,
     mrla_light_core,
+    query_key,
     resolve_heads,
 )
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
@@ -87,8 +87,8 @@ class MRLALight(BaseModule):
         """
         y = channel_descriptor(x) if descriptor is None else descriptor
         return light_gate(
-            channel_conv1d(y, self.query_conv.weight),
-            channel_conv1d(y, self.key_conv.weight), self.num_heads)
+            *query_key(y, self.query_conv.weight, self.key_conv.weight),
+            self.num_heads)
 
     def forward(self,
                 x: Tensor,
