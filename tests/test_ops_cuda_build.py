@@ -71,6 +71,9 @@ def test_cuda_extension_compiles_and_links():
         'assert torch.equal(out, x)\n'
         'out, mean = m.residual_relu_pool(x, -x, False)\n'
         'assert not out.any() and not mean.any()\n'
+        'g = m.residual_relu_pool_backward(x, x[:, :, 0, 0].contiguous(), '
+        'out)\n'
+        'assert g.shape == x.shape and not g.any()\n'
         # Identity value conv, unit gate, no history: z = x.
         'w = torch.zeros(4, 9); w[:, 4] = 1\n'
         'gate, lam = torch.ones(1, 1), torch.zeros(4)\n'

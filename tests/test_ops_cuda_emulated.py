@@ -276,3 +276,16 @@ def test_residual_relu_pool(cuda_kernels, shape, fmt):
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     torch.testing.assert_close(mean, want.mean((2, 3)), rtol=1e-12,
                                atol=1e-12)
+    # The backward: one pass for the gradients of out and of the means.
+    leaves = (r.requires_grad_(), i.requires_grad_())
+    grad = torch.randn(shape, generator=g, dtype=r.dtype).contiguous(
+        memory_format=fmt)
+    grad_mean = torch.randn(shape[:2], generator=g, dtype=r.dtype)
+    got = torch.autograd.grad(
+        residual_relu_pool(*leaves), leaves, (grad, grad_mean))
+    out = torch.relu(r + i)
+    want = torch.autograd.grad((out, out.mean((2, 3))), leaves,
+                               (grad, grad_mean))
+    for a, b in zip(got, want):
+        assert a.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

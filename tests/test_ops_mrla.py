@@ -270,11 +270,43 @@ def test_residual_relu_pool_matches_pytorch(device, b, heads, d, h, w, cl,
     }[dtype]
 
 
-def test_residual_relu_pool_is_for_inference():
-    r = torch.randn(1, 4, 3, 3, requires_grad=True)
-    with pytest.raises(RuntimeError, match='residual_relu_pool is an '
-                       'inference op'):
-        residual_relu_pool(r, torch.randn(1, 4, 3, 3))
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64,
+                                   torch.bfloat16])
+@pytest.mark.parametrize('fmt', FORMATS)
+@pytest.mark.parametrize('inplace', [False, True])
+def test_residual_relu_pool_gradients(device, dtype, fmt, inplace):
+    """Gradients of the output and of the means in one pass: those of the
+    PyTorch composition, rounded as it rounds them."""
+    g = torch.Generator().manual_seed(3)
+    r0, i, grad = [
+        torch.randn(2, 40, 5, 7, generator=g).to(
+            device, dtype).contiguous(memory_format=fmt) for _ in range(3)
+    ]
+    grad_mean = torch.randn(2, 40, generator=g).to(device, dtype)
+    leaves = (r0.requires_grad_(), i.requires_grad_())
+
+    def run(fn):
+        # A non-leaf residual, as a norm's output, may be written over.
+        out, mean = fn(r0 * 1, i)
+        return out, mean, torch.autograd.grad((out, mean),
+                                              leaves, (grad, grad_mean))
+
+    out, mean, grads = run(
+        lambda r, i: residual_relu_pool(r, i, inplace=inplace))
+    ref_out, _, ref_grads = run(lambda r, i: (
+        torch.relu(r + i), torch.relu(r + i).mean((2, 3))))
+    assert torch.equal(out, ref_out)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)
+        assert torch.equal(got, want)
+
+
+def test_residual_relu_pool_gradcheck():
+    r, i = (torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    assert torch.autograd.gradcheck(residual_relu_pool, (r, i))
+    assert torch.autograd.gradgradcheck(residual_relu_pool, (r, i))
     nan = torch.full((1, 1, 2, 2), float('nan'))
     with torch.no_grad():
         out, mean = residual_relu_pool(nan, torch.zeros_like(nan))

@@ -169,9 +169,13 @@ class MRLABlockMixin:
                 and torch.is_grad_enabled()
                 and self._recompute_input_blocker() is None)
 
-    def _body(self,
-              x: Tensor,
-              maps: Optional[RecomputedMaps] = None) -> Tuple[Tensor, Tensor]:
+    def _body(
+        self,
+        x: Tensor,
+        maps: Optional[RecomputedMaps] = None
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """The block output before MRLA, its shortcut, and the output's
+        channel means where they come with it (else None)."""
         identity = x if self.downsample is None else self.downsample(x)
         if maps is not None and self._recomputes_input():
             out = batch_norm_add_relu(
@@ -179,11 +183,16 @@ class MRLABlockMixin:
                 identity,
                 maps=maps,
                 **batch_norm_args(getattr(self, self.last_norm)))
-            return out, identity
+            return out, identity, None
         out = self.residual(x)
-        # In place, as mmdet's blocks add their shortcut: no new map.
+        if self.mrla is not None:
+            # MRLA's channel means are taken while the output is written
+            # (and their gradient joins ReLU's backward); in place, as
+            # mmdet's blocks add their shortcut: no new map.
+            out, descriptor = residual_relu_pool(out, identity, inplace=True)
+            return out, identity, descriptor
         out += identity
-        return self.relu(out), identity
+        return self.relu(out), identity, None
 
     def forward(self,
                 x: Tensor,
@@ -192,17 +201,11 @@ class MRLABlockMixin:
         """Run the block; ``cache`` is its stage's MRLA-base cache, ``maps``
         its stage's :class:`RecomputedMaps` (both made by
         :func:`mrla_stage_forward`)."""
-        descriptor = None
-        if self.mrla is not None and not torch.is_grad_enabled():
-            # MRLA's channel means are taken while the block output is
-            # written, instead of in a pass of their own.
-            identity = x if self.downsample is None else self.downsample(x)
-            out, descriptor = residual_relu_pool(
-                self.residual(x), identity, inplace=True)
-        elif self.with_cp and x.requires_grad:
-            out, identity = cp.checkpoint(self._body, x, use_reentrant=False)
+        if self.with_cp and x.requires_grad and torch.is_grad_enabled():
+            out, identity, descriptor = cp.checkpoint(
+                self._body, x, use_reentrant=False)
         else:
-            out, identity = self._body(x, maps)
+            out, identity, descriptor = self._body(x, maps)
         if isinstance(self.mrla, MRLALight):
             folded = self._folded_mrla_norm(out, 'mrla_light_core')
             if folded is not None:

@@ -32,6 +32,8 @@ std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
                                        std::vector<bool> want_values);
 std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity,
                                        bool inplace);
+Tensor residual_relu_pool_backward(Tensor grad_out, Tensor grad_mean,
+                                   Tensor out);
 
 bool mrla_with_cuda() {
 #ifdef MRLA_WITH_CUDA
@@ -76,6 +78,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("residual_relu_pool", &residual_relu_pool,
         "relu(residual + identity) and its channel means",
         py::arg("residual"), py::arg("identity"), py::arg("inplace"));
+  m.def("residual_relu_pool_backward", &residual_relu_pool_backward,
+        "Gradient of residual_relu_pool's input from its out and means",
+        py::arg("grad_out"), py::arg("grad_mean"), py::arg("out"));
   m.def("with_cuda", &mrla_with_cuda,
         "Whether the extension was compiled with its CUDA kernels");
 }

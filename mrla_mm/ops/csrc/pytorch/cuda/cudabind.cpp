@@ -33,6 +33,10 @@ void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
 void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
                                         const Tensor identity, Tensor out,
                                         Tensor mean);
+void ResidualReluPoolBackwardCUDAKernelLauncher(const Tensor grad_out,
+                                                const Tensor grad_mean,
+                                                const Tensor out,
+                                                Tensor grad);
 
 void mrla_light_forward_impl(const Tensor x, const Tensor weight,
                              const Tensor gate, const Tensor lambda,
@@ -86,6 +90,9 @@ void mrla_base_backward_impl(const Tensor grad_out, const Tensor weights,
                              Tensor grad_weights_part);
 void residual_relu_pool_impl(const Tensor residual, const Tensor identity,
                              Tensor out, Tensor mean);
+void residual_relu_pool_backward_impl(const Tensor grad_out,
+                                      const Tensor grad_mean, const Tensor out,
+                                      Tensor grad);
 
 REGISTER_DEVICE_IMPL(mrla_light_forward_impl, CUDA,
                      MRLALightForwardCUDAKernelLauncher);
@@ -103,3 +110,5 @@ REGISTER_DEVICE_IMPL(mrla_base_backward_impl, CUDA,
                      MRLABaseBackwardCUDAKernelLauncher);
 REGISTER_DEVICE_IMPL(residual_relu_pool_impl, CUDA,
                      ResidualReluPoolCUDAKernelLauncher);
+REGISTER_DEVICE_IMPL(residual_relu_pool_backward_impl, CUDA,
+                     ResidualReluPoolBackwardCUDAKernelLauncher);

@@ -1,4 +1,5 @@
-// Launcher of the fused residual add, ReLU and channel mean on CUDA.
+// Launchers of the fused residual add, ReLU and channel mean on CUDA, and
+// of its backward.
 #include <ATen/OpMathType.h>
 
 #include "pytorch_cuda_helper.hpp"
@@ -31,6 +32,31 @@ void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
         mrla_sum_slices(part.const_data_ptr<A>(),
                         mean.mutable_data_ptr<scalar_t>(), B * C, tiling.S, 1,
                         static_cast<A>(H * W), stream);
+      });
+  AT_CUDA_CHECK(cudaGetLastError());
+}
+
+void ResidualReluPoolBackwardCUDAKernelLauncher(const Tensor grad_out,
+                                                const Tensor grad_mean,
+                                                const Tensor out,
+                                                Tensor grad) {
+  at::cuda::CUDAGuard device_guard(out.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t n = out.numel(), C = out.size(1),
+                HW = out.size(2) * out.size(3);
+  const bool cl = !out.is_contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, out.scalar_type(),
+      "residual_relu_pool_backward_cuda", [&] {
+        using A = at::opmath_type<scalar_t>;
+        auto kernel =
+            cl ? residual_relu_pool_backward_cuda_kernel<scalar_t, A, true>
+               : residual_relu_pool_backward_cuda_kernel<scalar_t, A, false>;
+        kernel<<<mrla_blocks(n), kMRLAThreads, 0, stream>>>(
+            grad_out.const_data_ptr<scalar_t>(),
+            grad_mean.const_data_ptr<scalar_t>(),
+            out.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(),
+            n, C, HW);
       });
   AT_CUDA_CHECK(cudaGetLastError());
 }
