@@ -151,17 +151,27 @@ def test_layer_with_norm_module_matches_the_module(momentum, mode):
                 atol=0), (step, name)
 
 
-@pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-@pytest.mark.parametrize('shape', [(3, 21, 7, 7), (2, 4, 56, 56),
-                                   (2, 6, 1, 1), (1, 40, 9, 5)])
+def kernel_cases(test):
+    """Runs ``test(device, dtype, shape)`` on the shapes that exercise the
+    CPU kernels' channel blocks: 21 channels of 7x7 planes leave a last
+    block short; 56x56 planes take a block each."""
+    for mark in reversed([
+            pytest.mark.parametrize('device', DEVICES),
+            pytest.mark.parametrize('dtype', [torch.float32, torch.float64]),
+            pytest.mark.parametrize('shape', [(3, 21, 7, 7), (2, 4, 56, 56),
+                                              (2, 6, 1, 1), (1, 40, 9, 5)])
+    ]):
+        test = mark(test)
+    return test
+
+
+@kernel_cases
 def test_norm_backward_is_the_statistics_then_the_backward(device, dtype,
                                                            shape):
     """``mrla_light_norm_backward`` (one op: on the CPU a kernel that takes
     the gradient statistics and the gradients of a block of channels
     together) gives the bits of the statistics op, the coefficients and
-    the backward op run one after the other. 21 channels of 7x7 planes
-    leave a last block short; 56x56 planes take a block each."""
+    the backward op run one after the other."""
     ext = ext_loader.load_ext()
     b, c, h, w = shape
     x, o, g = (torch.randn(shape, dtype=dtype, device=device)
@@ -198,10 +208,7 @@ def test_norm_backward_is_the_statistics_then_the_backward(device, dtype,
                                      mean, invstd, True, 0)
 
 
-@pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-@pytest.mark.parametrize('shape', [(3, 21, 7, 7), (2, 4, 56, 56),
-                                   (2, 6, 1, 1), (1, 40, 9, 5)])
+@kernel_cases
 def test_norm_forward_is_the_statistics_then_the_output(device, dtype,
                                                         shape):
     """``mrla_light_norm_forward`` (on the CPU one kernel per block of
