@@ -90,6 +90,33 @@ def test_light_gradcheck(fmt, act, device):
 
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('fmt', FORMATS)
+def test_light_nan_stays_in_its_window(fmt, device):
+    """A NaN at a row's end or start reaches the outputs and gradients its
+    3x3 window reaches in the composition, not the neighbouring row's far
+    end (where the contiguous kernels' flat loops mask wrapped taps)."""
+    x, wv, gate, lam, o = _light_inputs(1, 2, 2, 4, 5, fmt=fmt, seed=2,
+                                        device=device)
+    x[0, 0, 1, 4] = float('nan')
+    x[0, 3, 2, 0] = float('nan')
+
+    def run(fn):
+        inputs = [t.detach().clone().requires_grad_()
+                  for t in (x, wv, gate, lam, o)]
+        out = fn(*inputs, 'identity')
+        return [out, *torch.autograd.grad(out, inputs, torch.ones_like(out))]
+
+    got = run(MRLALightCoreFunction.apply)
+    want = run(mrla_light_core_pytorch)
+    # Taps reading left of the NaN at the row's end never pair it with a
+    # value gradient: only they of channel 0's weight gradient stay finite.
+    assert want[2][0, 0, :, 0].isfinite().all()
+    for g, w in zip(got, want):
+        assert torch.equal(g.isnan(), w.isnan())
+        assert torch.allclose(g.nan_to_num(), w.nan_to_num())
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('fmt', FORMATS)
 @pytest.mark.parametrize('t', [1, 3])
 def test_base_gradcheck(fmt, t, device):
     weights, values = _base_inputs(2, 2, 3, 3, 4, t, fmt=fmt, seed=2,

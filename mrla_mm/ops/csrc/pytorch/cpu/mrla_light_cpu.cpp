@@ -1,9 +1,10 @@
 // MRLA-light core on the CPU: one pass over the feature map per direction.
 //
 // Contiguous (NCHW) maps are processed one (b, c) plane at a time: the
-// plane is copied into a zero-bordered scratch grid that stays in cache, so
-// the 3x3 taps of all rows run as one long branch-free loop (see
-// conv_flat), compiled for AVX2 + FMA when the CPU has them. channels_last
+// plane is copied into a scratch frame with a zero row above and below that
+// stays in cache, so the 3x3 taps and every elementwise step of a plane run
+// as one flat loop however short its rows (see conv_masked), compiled for
+// AVX2 + FMA when the CPU has them. channels_last
 // maps are processed in tiles of one sample and a cache line of channels,
 // vectorised along C. The backward keeps the value gradient of one plane /
 // tile in scratch too, so grad_x, the weight gradient and the gate and
@@ -13,6 +14,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -28,44 +31,73 @@ struct Shape {
   int64_t b, c, h, w, heads;
 };
 
-// Scratch grid of an h x w plane with a zero border: row stride w + 2, plus
-// one guard element before and after, so that every tap of conv_flat and
-// every shifted read of the weight gradient stays inside it.
-inline int64_t padded_size(int64_t h, int64_t w) {
-  return (h + 2) * (w + 2) + 4;
-}
+// Scratch of an h x w plane between a zero row above and below it (row
+// stride w, as the plane is stored) and one guard element at each end, so
+// that every tap of conv_masked and every shifted read of the weight
+// gradient stays inside it. The plane starts at frame_origin(w).
+inline int64_t framed_size(int64_t h, int64_t w) { return (h + 2) * w + 2; }
+inline int64_t frame_origin(int64_t w) { return w + 1; }
 
-// Interior of the padded grid (origin one guard element in) <- plane.
-template <typename T, typename A>
-MRLA_ALWAYS_INLINE void fill_padded(A* pad, const T* plane, int64_t h,
-                                    int64_t w) {
-  const int64_t s = w + 2;
-  for (int64_t y = 0; y < h; ++y) {
-    A* dst = pad + (y + 1) * s + 1;
-    const T* src = plane + y * w;
-    for (int64_t x = 0; x < w; ++x) dst[x] = A(src[x]);
-  }
-}
-
-// out[y * s + x] = sum_ij k9[3i + j] * pad[(y + i) * s + x + j]: the 3x3
-// correlation of the whole plane as one loop over h * s positions (the two
-// border columns of each row are computed and ignored), which vectorises
-// however narrow the plane is.
+// A pixel's mask of a tap: all bits set where the tap is inside the plane,
+// none where it would wrap to a neighbouring row. A value and-ed with it is
+// itself or +0, a NaN included (a product with 0 would keep the NaN), and
+// without a branch, which would stop the loops vectorising.
 template <typename A>
-MRLA_ALWAYS_INLINE void conv_flat(A* __restrict__ out,
-                                  const A* __restrict__ pad, const A* k9,
-                                  int64_t h, int64_t s) {
+using TapMask = std::conditional_t<sizeof(A) == 4, uint32_t, uint64_t>;
+
+template <typename A>
+MRLA_ALWAYS_INLINE A masked(A v, TapMask<A> m) {
+  return std::bit_cast<A>(std::bit_cast<TapMask<A>>(v) & m);
+}
+
+// An h x w plane's shape and its pixels' masks of the left and the right
+// taps. With them a plane is one flat loop of h * w pixels: loops over
+// short rows (7 or 14 pixels) would hardly vectorise.
+template <typename A>
+struct PlaneGeometry {
+  int64_t h, w;
+  std::vector<TapMask<A>> left, right;
+
+  PlaneGeometry(int64_t h_, int64_t w_)
+      : h(h_), w(w_), left(h_ * w_, ~TapMask<A>(0)),
+        right(h_ * w_, ~TapMask<A>(0)) {
+    for (int64_t y = 0; y < h; ++y) {
+      left[y * w] = 0;
+      right[y * w + w - 1] = 0;
+    }
+  }
+};
+
+// The interior of a framed scratch plane <- plane.
+template <typename T, typename A>
+MRLA_ALWAYS_INLINE void fill_framed(A* frame, const T* plane, int64_t n,
+                                    int64_t w) {
+  A* dst = frame + frame_origin(w);
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) dst[k] = A(plane[k]);
+}
+
+// out[y * w + x] = sum_ij k9[3i + j] * in[y + i - 1, x + j - 1], zero
+// outside the plane: the 3x3 correlation of a framed plane as one loop.
+// The frame rows give the zeros above and below; the masks drop the left
+// and right taps that would wrap to a neighbouring row.
+template <typename A>
+MRLA_ALWAYS_INLINE void conv_masked(A* __restrict__ out,
+                                    const A* __restrict__ frame,
+                                    const A* k9, const TapMask<A>* left,
+                                    const TapMask<A>* right, int64_t n,
+                                    int64_t w) {
   const A k0 = k9[0], k1 = k9[1], k2 = k9[2], k3 = k9[3], k4 = k9[4],
           k5 = k9[5], k6 = k9[6], k7 = k9[7], k8 = k9[8];
-  const A* r0 = pad;
-  const A* r1 = pad + s;
-  const A* r2 = pad + 2 * s;
-  const int64_t n = h * s;
+  const A* r0 = frame + 1;
+  const A* r1 = r0 + w;
+  const A* r2 = r1 + w;
 #pragma omp simd
   for (int64_t k = 0; k < n; ++k) {
-    out[k] = k0 * r0[k] + k1 * r0[k + 1] + k2 * r0[k + 2] + k3 * r1[k] +
-             k4 * r1[k + 1] + k5 * r1[k + 2] + k6 * r2[k] +
-             k7 * r2[k + 1] + k8 * r2[k + 2];
+    const A l = k0 * r0[k - 1] + k3 * r1[k - 1] + k6 * r2[k - 1];
+    const A c = k1 * r0[k] + k4 * r1[k] + k7 * r2[k];
+    const A r = k2 * r0[k + 1] + k5 * r1[k + 1] + k8 * r2[k + 1];
+    out[k] = c + masked(l, left[k]) + masked(r, right[k]);
   }
 }
 
@@ -80,70 +112,55 @@ struct LightPlane {
   T* grad_o;
   const A* w9;
   A gate, lambda, scale, shift;
-  int64_t h, w;
+  const PlaneGeometry<A>* geo;
   // A train-mode BatchNorm after the core (backward and statistics):
   // the core's gradient is na * grad + nb * (z - center) + nc.
   A na, nb, nc, center;
 };
 
-// z = gate * act(v) + lambda * o of one row, written over v.
-template <typename T, typename A, bool HasPrev, bool Gelu>
-MRLA_ALWAYS_INLINE void core_row(A* v, const T* o, A gate, A lambda,
-                                 int64_t w) {
-  constexpr int act = Gelu ? kMRLAGelu : kMRLAIdentity;
-#pragma omp simd
-  for (int64_t x = 0; x < w; ++x) {
-    v[x] = mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
-                           act);
-  }
-}
-
-// The plane of x in the padded grid and its 3x3 value map in acc.
+// The plane of x in the framed scratch and its 3x3 value map in acc.
 template <typename T, typename A>
-MRLA_ALWAYS_INLINE void plane_value(const LightPlane<T, A>& a, A* pad,
+MRLA_ALWAYS_INLINE void plane_value(const LightPlane<T, A>& a, A* frame,
                                     A* acc) {
-  fill_padded(pad, a.x, a.h, a.w);
-  conv_flat(acc, pad, a.w9, a.h, a.w + 2);
+  const PlaneGeometry<A>& g = *a.geo;
+  const int64_t n = g.h * g.w;
+  fill_framed(frame, a.x, n, g.w);
+  conv_masked(acc, frame, a.w9, g.left.data(), g.right.data(), n, g.w);
 }
 
 // Statistics of the core's output z over one plane: without a gradient
 // {mean, sum (z - mean)^2}, with one {sum grad, sum grad * (z - center)}.
-// Fills pad and acc (see plane_value) first; with a gradient acc keeps the
-// value map (for the backward), without one it ends holding z.
+// Fills frame and acc (see plane_value) first; with a gradient acc keeps
+// the value map (for the backward), without one it ends holding z.
 template <typename T, typename A, bool HasPrev, bool HasGrad, bool Gelu>
-MRLA_ALWAYS_INLINE void plane_stats(const LightPlane<T, A>& a, A* pad,
+MRLA_ALWAYS_INLINE void plane_stats(const LightPlane<T, A>& a, A* frame,
                                     A* acc, A* out2) {
-  const int64_t h = a.h, w = a.w, s = w + 2;
+  constexpr int act = Gelu ? kMRLAGelu : kMRLAIdentity;
+  const int64_t n = a.geo->h * a.geo->w;
   const A gate = a.gate, lambda = a.lambda, center = a.center;
-  plane_value(a, pad, acc);
+  const T* o = a.o_prev;
+  plane_value(a, frame, acc);
   A s1 = 0, s2 = 0;
-  for (int64_t y = 0; y < h; ++y) {
-    A* v = acc + y * s;
-    const T* o = HasPrev ? a.o_prev + y * w : nullptr;
-    if (HasGrad) {
-      const T* g = a.grad + y * w;
+  if (HasGrad) {
+    const T* g = a.grad;
 #pragma omp simd reduction(+ : s1, s2)
-      for (int64_t x = 0; x < w; ++x) {
-        const A z =
-            mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
-                            Gelu ? kMRLAGelu : kMRLAIdentity);
-        s1 += A(g[x]);
-        s2 += A(g[x]) * (z - center);
-      }
-    } else {
-      core_row<T, A, HasPrev, Gelu>(v, o, gate, lambda, w);
+    for (int64_t k = 0; k < n; ++k) {
+      const A z = mrla_light_core(acc[k], gate, lambda,
+                                  HasPrev ? A(o[k]) : A(0), act);
+      s1 += A(g[k]);
+      s2 += A(g[k]) * (z - center);
+    }
+  } else {
 #pragma omp simd reduction(+ : s1)
-      for (int64_t x = 0; x < w; ++x) s1 += v[x];
+    for (int64_t k = 0; k < n; ++k) {
+      acc[k] = mrla_light_core(acc[k], gate, lambda,
+                               HasPrev ? A(o[k]) : A(0), act);
+      s1 += acc[k];
     }
-  }
-  if (!HasGrad) {
     // Centred on the plane's own mean: no cancellation in the variance.
-    const A mean = s1 / A(h * w);
-    for (int64_t y = 0; y < h; ++y) {
-      const A* z = acc + y * s;
+    const A mean = s1 / A(n);
 #pragma omp simd reduction(+ : s2)
-      for (int64_t x = 0; x < w; ++x) s2 += (z[x] - mean) * (z[x] - mean);
-    }
+    for (int64_t k = 0; k < n; ++k) s2 += (acc[k] - mean) * (acc[k] - mean);
     s1 = mean;
   }
   out2[0] = s1;
@@ -151,134 +168,123 @@ MRLA_ALWAYS_INLINE void plane_stats(const LightPlane<T, A>& a, A* pad,
 }
 
 template <typename T, typename A, bool HasPrev, bool AddInput, bool Gelu>
-MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* pad,
+MRLA_ALWAYS_INLINE void plane_forward(const LightPlane<T, A>& a, A* frame,
                                       A* acc) {
-  const int64_t h = a.h, w = a.w, s = w + 2;
+  constexpr int act = Gelu ? kMRLAGelu : kMRLAIdentity;
+  const int64_t n = a.geo->h * a.geo->w;
   // Scalars in locals: the stores below could alias the struct.
   const A gate = a.gate, lambda = a.lambda, scale = a.scale,
           shift = a.shift;
-  fill_padded(pad, a.x, h, w);
-  conv_flat(acc, pad, a.w9, h, s);
-  for (int64_t y = 0; y < h; ++y) {
-    const A* v = acc + y * s;
-    const A* xin = pad + (y + 1) * s + 1;
-    const T* o = HasPrev ? a.o_prev + y * w : nullptr;
-    T* dst = a.out + y * w;
+  const T* o = a.o_prev;
+  T* dst = a.out;
+  plane_value(a, frame, acc);
+  const A* xin = frame + frame_origin(a.geo->w);
 #pragma omp simd
-    for (int64_t x = 0; x < w; ++x) {
-      A r = mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
-                            Gelu ? kMRLAGelu : kMRLAIdentity);
-      r = r * scale + shift;
-      if (AddInput) r += xin[x];
-      dst[x] = static_cast<T>(r);
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    A r = mrla_light_core(acc[k], gate, lambda, HasPrev ? A(o[k]) : A(0),
+                          act);
+    r = r * scale + shift;
+    if (AddInput) r += xin[k];
+    dst[k] = static_cast<T>(r);
   }
 }
 
-// y = x + scale * z + shift of a plane whose x and z are in scratch: pad
+// y = x + scale * z + shift of a plane whose x and z are in scratch: frame
 // and acc as plane_stats without a gradient leaves them (the arithmetic of
 // plane_forward with AddInput).
 template <typename T, typename A>
 MRLA_ALWAYS_INLINE void plane_norm_output(const LightPlane<T, A>& a,
-                                          const A* pad, const A* acc) {
-  const int64_t h = a.h, w = a.w, s = w + 2;
+                                          const A* frame, const A* acc) {
+  const int64_t n = a.geo->h * a.geo->w;
   const A scale = a.scale, shift = a.shift;
-  for (int64_t y = 0; y < h; ++y) {
-    const A* z = acc + y * s;
-    const A* xin = pad + (y + 1) * s + 1;
-    T* dst = a.out + y * w;
+  const A* xin = frame + frame_origin(a.geo->w);
+  T* dst = a.out;
 #pragma omp simd
-    for (int64_t x = 0; x < w; ++x) {
-      A r = z[x] * scale + shift;
-      r += xin[x];
-      dst[x] = static_cast<T>(r);
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    A r = acc[k] * scale + shift;
+    r += xin[k];
+    dst[k] = static_cast<T>(r);
   }
 }
 
 // sums: [gate, lambda, weight taps 0..8] of the plane.
 // With Norm, grad is the gradient of x + batch_norm(z) (see LightPlane):
-// the core's own gradient is formed first, kept in the value-gradient row,
-// and grad itself is added to grad_x (the residual). With filled, pad and
-// acc hold the plane's plane_value already; acc is overwritten.
+// the core's own gradient is formed first, kept in the value-gradient
+// plane, and grad itself is added to grad_x (the residual). With filled,
+// frame and acc hold the plane's plane_value already; acc is overwritten.
 template <typename T, typename A, bool HasPrev, bool Gelu, bool Norm>
-MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* pad,
-                                       A* acc, A* gvpad, A* sums,
+MRLA_ALWAYS_INLINE void plane_backward(const LightPlane<T, A>& a, A* frame,
+                                       A* acc, A* gvframe, A* sums,
                                        bool filled) {
-  const int64_t h = a.h, w = a.w, s = w + 2;
+  const PlaneGeometry<A>& geo = *a.geo;
+  const int64_t w = geo.w, n = geo.h * w;
+  const TapMask<A>* left = geo.left.data();
+  const TapMask<A>* right = geo.right.data();
   const A gate = a.gate, lambda = a.lambda;
   const A na = a.na, nb = a.nb, nc = a.nc, center = a.center;
-  if (!filled) plane_value(a, pad, acc);
-  A sum_gate = 0, sum_lambda = 0;
-  for (int64_t y = 0; y < h; ++y) {
-    const T* g = a.grad + y * w;
-    const T* o = HasPrev ? a.o_prev + y * w : nullptr;
-    const A* v = acc + y * s;
-    A* gv = gvpad + (y + 1) * s + 1;
-    if (Norm) {
+  const T* g = a.grad;
+  const T* o = a.o_prev;
+  if (!filled) plane_value(a, frame, acc);
+  A* gv = gvframe + frame_origin(w);
+  if (Norm) {
 #pragma omp simd
-      for (int64_t x = 0; x < w; ++x) {
-        const A z =
-            mrla_light_core(v[x], gate, lambda, HasPrev ? A(o[x]) : A(0),
-                            Gelu ? kMRLAGelu : kMRLAIdentity);
-        gv[x] = na * A(g[x]) + nb * (z - center) + nc;
-      }
+    for (int64_t k = 0; k < n; ++k) {
+      const A z = mrla_light_core(acc[k], gate, lambda,
+                                  HasPrev ? A(o[k]) : A(0),
+                                  Gelu ? kMRLAGelu : kMRLAIdentity);
+      gv[k] = na * A(g[k]) + nb * (z - center) + nc;
     }
-    if (HasPrev) {
-      T* go = a.grad_o + y * w;
+  }
+  A sum_gate = 0, sum_lambda = 0;
+  if (HasPrev) {
+    T* go = a.grad_o;
 #pragma omp simd reduction(+ : sum_lambda)
-      for (int64_t x = 0; x < w; ++x) {
-        const A gi = Norm ? gv[x] : A(g[x]);
-        sum_lambda += gi * A(o[x]);
-        go[x] = static_cast<T>(lambda * gi);
-      }
+    for (int64_t k = 0; k < n; ++k) {
+      const A gi = Norm ? gv[k] : A(g[k]);
+      sum_lambda += gi * A(o[k]);
+      go[k] = static_cast<T>(lambda * gi);
     }
+  }
 #pragma omp simd reduction(+ : sum_gate)
-    for (int64_t x = 0; x < w; ++x) {
-      const A gi = Norm ? gv[x] : A(g[x]);
-      if (Gelu) {
-        sum_gate += gi * mrla_act(v[x], kMRLAGelu);
-        gv[x] = gi * gate * mrla_act_grad(v[x], kMRLAGelu);
-      } else {
-        sum_gate += gi * v[x];
-        gv[x] = gi * gate;
-      }
+  for (int64_t k = 0; k < n; ++k) {
+    const A gi = Norm ? gv[k] : A(g[k]);
+    if (Gelu) {
+      sum_gate += gi * mrla_act(acc[k], kMRLAGelu);
+      gv[k] = gi * gate * mrla_act_grad(acc[k], kMRLAGelu);
+    } else {
+      sum_gate += gi * acc[k];
+      gv[k] = gi * gate;
     }
   }
   // grad_x: the value gradient correlated with the flipped kernel.
   const A flipped[9] = {a.w9[8], a.w9[7], a.w9[6], a.w9[5], a.w9[4],
                         a.w9[3], a.w9[2], a.w9[1], a.w9[0]};
-  conv_flat(acc, gvpad, flipped, h, s);
-  for (int64_t y = 0; y < h; ++y) {
-    T* dst = a.grad_x + y * w;
-    const T* g = a.grad + y * w;
-    const A* src = acc + y * s;
+  conv_masked(acc, gvframe, flipped, left, right, n, w);
+  T* dst = a.grad_x;
 #pragma omp simd
-    for (int64_t x = 0; x < w; ++x) {
-      dst[x] = static_cast<T>(Norm ? src[x] + A(g[x]) : src[x]);
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    dst[k] = static_cast<T>(Norm ? acc[k] + A(g[k]) : acc[k]);
   }
   // Weight gradient: the value gradient against the input shifted by each
-  // tap, over rows 1..h of the padded grids (zero border columns). The
-  // nine sums share one sweep: independent accumulators, gv read once.
-  const A* gv = gvpad + s;
-  const A* up = pad;         // row above: taps 0..2
-  const A* mid = pad + s;    // same row: taps 3..5
-  const A* down = pad + 2 * s;  // row below: taps 6..8
-  const int64_t n = h * s;
+  // tap (zero rows above and below, masked at the row ends). The nine sums
+  // share one sweep: independent accumulators, gv read once.
+  const A* up = frame + 1;        // row above: taps 0..2
+  const A* mid = up + w;          // same row: taps 3..5
+  const A* down = mid + w;        // row below: taps 6..8
   A t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0, t5 = 0, t6 = 0, t7 = 0, t8 = 0;
 #pragma omp simd reduction(+ : t0, t1, t2, t3, t4, t5, t6, t7, t8)
   for (int64_t k = 0; k < n; ++k) {
-    const A g = gv[k];
-    t0 += g * up[k - 1];
-    t1 += g * up[k];
-    t2 += g * up[k + 1];
-    t3 += g * mid[k - 1];
-    t4 += g * mid[k];
-    t5 += g * mid[k + 1];
-    t6 += g * down[k - 1];
-    t7 += g * down[k];
-    t8 += g * down[k + 1];
+    const A gk = gv[k];
+    const TapMask<A> l = left[k], r = right[k];
+    t0 += masked(gk * up[k - 1], l);
+    t1 += gk * up[k];
+    t2 += masked(gk * up[k + 1], r);
+    t3 += masked(gk * mid[k - 1], l);
+    t4 += gk * mid[k];
+    t5 += masked(gk * mid[k + 1], r);
+    t6 += masked(gk * down[k - 1], l);
+    t7 += gk * down[k];
+    t8 += masked(gk * down[k + 1], r);
   }
   const A taps[9] = {t0, t1, t2, t3, t4, t5, t6, t7, t8};
   std::copy(taps, taps + 9, sums + 2);
@@ -295,45 +301,45 @@ template <typename T, typename A>
 using PlaneStatsFn = void (*)(const LightPlane<T, A>&, A*, A*, A*);
 
 template <typename T, typename A, bool P, bool I, bool G>
-void plane_forward_default(const LightPlane<T, A>& a, A* pad, A* acc) {
-  plane_forward<T, A, P, I, G>(a, pad, acc);
+void plane_forward_default(const LightPlane<T, A>& a, A* frame, A* acc) {
+  plane_forward<T, A, P, I, G>(a, frame, acc);
 }
 template <typename T, typename A, bool P, bool I, bool G>
-MRLA_TARGET_AVX2 void plane_forward_avx2(const LightPlane<T, A>& a, A* pad,
+MRLA_TARGET_AVX2 void plane_forward_avx2(const LightPlane<T, A>& a, A* frame,
                                          A* acc) {
-  plane_forward<T, A, P, I, G>(a, pad, acc);
+  plane_forward<T, A, P, I, G>(a, frame, acc);
 }
 template <typename T, typename A, bool P, bool G, bool N>
-void plane_backward_default(const LightPlane<T, A>& a, A* pad, A* acc,
-                            A* gvpad, A* sums, bool filled) {
-  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums, filled);
+void plane_backward_default(const LightPlane<T, A>& a, A* frame, A* acc,
+                            A* gvframe, A* sums, bool filled) {
+  plane_backward<T, A, P, G, N>(a, frame, acc, gvframe, sums, filled);
 }
 template <typename T, typename A, bool P, bool G, bool N>
-MRLA_TARGET_AVX2 void plane_backward_avx2(const LightPlane<T, A>& a, A* pad,
-                                          A* acc, A* gvpad, A* sums,
+MRLA_TARGET_AVX2 void plane_backward_avx2(const LightPlane<T, A>& a, A* frame,
+                                          A* acc, A* gvframe, A* sums,
                                           bool filled) {
-  plane_backward<T, A, P, G, N>(a, pad, acc, gvpad, sums, filled);
+  plane_backward<T, A, P, G, N>(a, frame, acc, gvframe, sums, filled);
 }
 template <typename T, typename A, bool P, bool R, bool G>
-void plane_stats_default(const LightPlane<T, A>& a, A* pad, A* acc,
+void plane_stats_default(const LightPlane<T, A>& a, A* frame, A* acc,
                          A* out2) {
-  plane_stats<T, A, P, R, G>(a, pad, acc, out2);
+  plane_stats<T, A, P, R, G>(a, frame, acc, out2);
 }
 template <typename T, typename A, bool P, bool R, bool G>
-MRLA_TARGET_AVX2 void plane_stats_avx2(const LightPlane<T, A>& a, A* pad,
+MRLA_TARGET_AVX2 void plane_stats_avx2(const LightPlane<T, A>& a, A* frame,
                                        A* acc, A* out2) {
-  plane_stats<T, A, P, R, G>(a, pad, acc, out2);
+  plane_stats<T, A, P, R, G>(a, frame, acc, out2);
 }
 
 template <typename T, typename A>
-void plane_norm_output_default(const LightPlane<T, A>& a, const A* pad,
+void plane_norm_output_default(const LightPlane<T, A>& a, const A* frame,
                                const A* acc) {
-  plane_norm_output<T, A>(a, pad, acc);
+  plane_norm_output<T, A>(a, frame, acc);
 }
 template <typename T, typename A>
 MRLA_TARGET_AVX2 void plane_norm_output_avx2(const LightPlane<T, A>& a,
-                                             const A* pad, const A* acc) {
-  plane_norm_output<T, A>(a, pad, acc);
+                                             const A* frame, const A* acc) {
+  plane_norm_output<T, A>(a, frame, acc);
 }
 
 // Calls f with std::true_type or std::false_type: a runtime flag as a
@@ -457,9 +463,10 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
     const auto fn = pick_plane_forward<T, A>(has_prev, add_input,
                                              act == kMRLAGelu);
     const int64_t grain = std::max<int64_t>(1, 16384 / hw);
+    const PlaneGeometry<A> geo(s.h, s.w);
     at::parallel_for(0, s.b * s.c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<A> pad(padded_size(s.h, s.w), A(0));
-      std::vector<A> acc(s.h * (s.w + 2));
+      std::vector<A> frame(framed_size(s.h, s.w), A(0));
+      std::vector<A> acc(hw);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t ch = p % s.c;
         LightPlane<T, A> a{xp + p * hw,
@@ -473,9 +480,8 @@ void light_forward(const Tensor& x, const Tensor& weight, const Tensor& gate,
                            has_prev ? lam[ch] : A(0),
                            affine ? sc[ch] : A(1),
                            affine ? sh[ch] : A(0),
-                           s.h,
-                           s.w};
-        fn(a, pad.data() + 1, acc.data());
+                           &geo};
+        fn(a, frame.data(), acc.data());
       }
     });
     return;
@@ -538,6 +544,7 @@ struct BackwardOperands {
   const A* w9;
   const A* lambda;
   std::vector<A> gate;  // per (b, c)
+  PlaneGeometry<A> geo;
 
   BackwardOperands(const Tensor& grad_out, const Tensor& x_,
                    const Tensor& weight, const Tensor& gate_,
@@ -555,7 +562,8 @@ struct BackwardOperands {
         gl_part(gl.mutable_data_ptr<A>()),
         w9(weight.const_data_ptr<A>()),
         lambda(o_prev ? lambda_.const_data_ptr<A>() : nullptr),
-        gate(gate_per_channel(gate_.const_data_ptr<A>(), s)) {}
+        gate(gate_per_channel(gate_.const_data_ptr<A>(), s)),
+        geo(s.h, s.w) {}
 
   // Plane p = b * C + c of a contiguous map, with the coefficients of a
   // train-mode norm after the core (see LightPlane; zeros without one).
@@ -572,8 +580,7 @@ struct BackwardOperands {
             o_prev ? lambda[ch] : A(0),
             A(1),
             A(0),
-            s.h,
-            s.w,
+            &geo,
             na,
             nb,
             nc,
@@ -620,9 +627,9 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
         pick_plane_backward<T, A>(has_prev, act == kMRLAGelu, has_norm);
     const int64_t grain = std::max<int64_t>(1, 16384 / hw);
     at::parallel_for(0, s.b * s.c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<A> pad(padded_size(s.h, s.w), A(0));
-      std::vector<A> gvpad(padded_size(s.h, s.w), A(0));
-      std::vector<A> acc(s.h * (s.w + 2));
+      std::vector<A> frame(framed_size(s.h, s.w), A(0));
+      std::vector<A> gvframe(framed_size(s.h, s.w), A(0));
+      std::vector<A> acc(hw);
       A sums[11];
       for (int64_t p = begin; p < end; ++p) {
         const int64_t ch = p % s.c;
@@ -630,7 +637,7 @@ void light_backward(const Tensor& grad_out, const Tensor& x,
             has_norm ? ops.plane(p, nrm[ch], nrm[s.c + ch],
                                  nrm[2 * s.c + ch], nrm[3 * s.c + ch])
                      : ops.plane(p, A(0), A(0), A(0), A(0));
-        fn(a, pad.data() + 1, acc.data(), gvpad.data() + 1, sums, false);
+        fn(a, frame.data(), acc.data(), gvframe.data(), sums, false);
         ops.store(p, sums);
       }
     });
@@ -745,9 +752,10 @@ void light_stats(const Tensor& x, const Tensor& weight, const Tensor& gate,
   const auto fn =
       pick_plane_stats<T, A>(has_prev, has_grad, act == kMRLAGelu);
   const int64_t grain = std::max<int64_t>(1, 16384 / hw);
+  const PlaneGeometry<A> geo(s.h, s.w);
   at::parallel_for(0, s.b * s.c, grain, [&](int64_t begin, int64_t end) {
-    std::vector<A> pad(padded_size(s.h, s.w), A(0));
-    std::vector<A> acc(s.h * (s.w + 2));
+    std::vector<A> frame(framed_size(s.h, s.w), A(0));
+    std::vector<A> acc(hw);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t ch = p % s.c;
       LightPlane<T, A> a{xp + p * hw,
@@ -761,13 +769,12 @@ void light_stats(const Tensor& x, const Tensor& weight, const Tensor& gate,
                          has_prev ? lam[ch] : A(0),
                          A(1),
                          A(0),
-                         s.h,
-                         s.w,
+                         &geo,
                          A(0),
                          A(0),
                          A(0),
                          has_grad ? cen[ch] : A(0)};
-      fn(a, pad.data() + 1, acc.data(), out + 2 * p);
+      fn(a, frame.data(), acc.data(), out + 2 * p);
     }
   });
 }
@@ -782,7 +789,7 @@ inline int64_t channel_block(const Shape& s) {
 
 // y = x + batch_norm(z) with the batch's statistics on contiguous maps, a
 // block of neighbouring channels at a time: the moments of the block's
-// planes, each plane's padded x and z kept in scratch, then the channels'
+// planes, each plane's framed x and z kept in scratch, then the channels'
 // statistics and affine map, then y from the scratch. Each map is read
 // once and z computed once (a statistics pass then an output pass read
 // both maps twice and convolve twice).
@@ -813,19 +820,19 @@ void light_norm_forward(const Tensor& x, const Tensor& weight,
   const auto output_fn = mrla_cpu_has_avx2()
                              ? &plane_norm_output_avx2<T, A>
                              : &plane_norm_output_default<T, A>;
-  const int64_t hw = s.h * s.w, pad_n = padded_size(s.h, s.w),
-                acc_n = s.h * (s.w + 2);
+  const int64_t hw = s.h * s.w, frame_n = framed_size(s.h, s.w);
+  const PlaneGeometry<A> geo(s.h, s.w);
   const int64_t block = channel_block(s);
   const int64_t blocks = (s.c + block - 1) / block;
   auto plane = [&](int64_t p, A scale, A shift) -> LightPlane<T, A> {
     const int64_t ch = p % s.c;
     return {xp + p * hw, has_prev ? op + p * hw : nullptr, nullptr,
             yp + p * hw, nullptr, nullptr, w9 + ch * 9, gc[p],
-            has_prev ? lam[ch] : A(0), scale, shift, s.h, s.w};
+            has_prev ? lam[ch] : A(0), scale, shift, &geo};
   };
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> pads(s.b * block * pad_n, A(0));
-    std::vector<A> values(s.b * block * acc_n), moments(s.b * block * 2);
+    std::vector<A> frames(s.b * block * frame_n, A(0));
+    std::vector<A> values(s.b * block * hw), moments(s.b * block * 2);
     std::vector<A> scale(block), shift(block);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t c0 = blk * block, cn = std::min(block, s.c - c0);
@@ -833,8 +840,8 @@ void light_norm_forward(const Tensor& x, const Tensor& weight,
         for (int64_t k = 0; k < cn; ++k) {
           const int64_t slot = b * block + k;
           stats_fn(plane(b * s.c + c0 + k, A(1), A(0)),
-                   pads.data() + slot * pad_n + 1,
-                   values.data() + slot * acc_n, moments.data() + 2 * slot);
+                   frames.data() + slot * frame_n, values.data() + slot * hw,
+                   moments.data() + 2 * slot);
         }
       }
       for (int64_t k = 0; k < cn; ++k) {
@@ -859,8 +866,8 @@ void light_norm_forward(const Tensor& x, const Tensor& weight,
         for (int64_t k = 0; k < cn; ++k) {
           const int64_t slot = b * block + k;
           output_fn(plane(b * s.c + c0 + k, scale[k], shift[k]),
-                    pads.data() + slot * pad_n + 1,
-                    values.data() + slot * acc_n);
+                    frames.data() + slot * frame_n,
+                    values.data() + slot * hw);
         }
       }
     }
@@ -897,15 +904,14 @@ void light_norm_backward(const Tensor& grad_out, const Tensor& x,
   const bool gelu = act == kMRLAGelu;
   const auto stats_fn = pick_plane_stats<T, A>(has_prev, true, gelu);
   const auto backward_fn = pick_plane_backward<T, A>(has_prev, gelu, true);
-  const int64_t hw = s.h * s.w, pad_n = padded_size(s.h, s.w),
-                acc_n = s.h * (s.w + 2);
+  const int64_t hw = s.h * s.w, frame_n = framed_size(s.h, s.w);
   const A count = A(s.b * hw);
   const int64_t block = channel_block(s);
   const int64_t blocks = (s.c + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    // Each plane of the block keeps its padded input and value map.
-    std::vector<A> pads(s.b * block * pad_n, A(0));
-    std::vector<A> values(s.b * block * acc_n), gvpad(pad_n, A(0));
+    // Each plane of the block keeps its framed input and value map.
+    std::vector<A> frames(s.b * block * frame_n, A(0));
+    std::vector<A> values(s.b * block * hw), gvframe(frame_n, A(0));
     std::vector<A> sum_g(block), sum_gz(block);
     A moments[2], part[11];
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -916,8 +922,8 @@ void light_norm_backward(const Tensor& grad_out, const Tensor& x,
         for (int64_t k = 0; k < cn; ++k) {
           const int64_t ch = c0 + k, slot = b * block + k;
           stats_fn(ops.plane(b * s.c + ch, A(0), A(0), A(0), cen[ch]),
-                   pads.data() + slot * pad_n + 1,
-                   values.data() + slot * acc_n, moments);
+                   frames.data() + slot * frame_n, values.data() + slot * hw,
+                   moments);
           sum_g[k] += moments[0];
           sum_gz[k] += moments[1];
         }
@@ -932,8 +938,8 @@ void light_norm_backward(const Tensor& grad_out, const Tensor& x,
                                   nb, nc);
           }
           backward_fn(ops.plane(b * s.c + ch, na, nb, nc, cen[ch]),
-                      pads.data() + slot * pad_n + 1,
-                      values.data() + slot * acc_n, gvpad.data() + 1, part,
+                      frames.data() + slot * frame_n,
+                      values.data() + slot * hw, gvframe.data(), part,
                       true);
           ops.store(b * s.c + ch, part);
         }
