@@ -280,3 +280,52 @@ def test_test_options_reach_the_config(monkeypatch, tmp_path):
     args.out = 'results.json'
     with pytest.raises(ValueError, match="'results.json'"):
         test.build_config(args)
+
+
+def test_close_process_group():
+    import torch.distributed as dist
+
+    from mrla_mm.engine import close_process_group
+    close_process_group()  # without a group: nothing to do
+    dist.init_process_group(
+        'gloo', init_method=f'tcp://127.0.0.1:{free_port()}', rank=0,
+        world_size=1)
+    try:
+        close_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('tool,argv', [
+    ('train', [DEMO]),
+    ('test', [DEMO, 'x.pth']),
+])
+def test_tools_leave_the_process_group_after_the_run(tool, argv,
+                                                     monkeypatch, tmp_path):
+    """A group left to the interpreter's exit can abort a finished gloo
+    process ("terminate called without an active exception")."""
+    module = load_tool(tool, monkeypatch)
+    calls = []
+
+    class FakeRunner:
+        test_evaluator = None
+
+        @classmethod
+        def from_cfg(cls, cfg):
+            return cls()
+
+        def train(self):
+            calls.append('run')
+
+        test = train
+
+    monkeypatch.setattr(module, 'Runner', FakeRunner)
+    monkeypatch.setattr(module, 'close_process_group',
+                        lambda: calls.append('close'))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'x.pth').write_bytes(b'')
+    monkeypatch.setattr(sys, 'argv', [f'{tool}.py', *argv])
+    module.main()
+    assert calls == ['run', 'close']

@@ -26,7 +26,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mrla_mm  # noqa: F401  registers the MRLA modules
-from mrla_mm.engine import setup_cpu_distributed
+from mrla_mm.engine import close_process_group, setup_cpu_distributed
 
 
 def parse_args():
@@ -109,6 +109,7 @@ def main():
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
     runner.test()
+    close_process_group()
 
 
 if __name__ == '__main__':

@@ -25,7 +25,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mrla_mm  # noqa: F401  registers the MRLA modules
-from mrla_mm.engine import enable_amp, setup_cpu_distributed
+from mrla_mm.engine import (
+    close_process_group,
+    enable_amp,
+    setup_cpu_distributed,
+)
 
 
 def parse_args():
@@ -107,6 +111,7 @@ def main():
     runner = (Runner.from_cfg(cfg)
               if 'runner_type' not in cfg else RUNNERS.build(cfg))
     runner.train()
+    close_process_group()
 
 
 if __name__ == '__main__':

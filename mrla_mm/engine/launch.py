@@ -118,3 +118,17 @@ def setup_cpu_distributed(cfg: Config) -> None:
             rank=int(os.environ['RANK']),
             world_size=int(os.environ['WORLD_SIZE']),
             **dist_cfg)
+
+
+def close_process_group() -> None:
+    """Leave the default process group, where one was joined, at the end
+    of ``tools/train.py`` and ``tools/test.py``.
+
+    mmengine's Runner leaves the group to the interpreter's exit. There
+    the gloo backend's worker threads may still hold tensors, and the
+    process can abort ("terminate called without an active exception")
+    after its work is done, which torchrun reports as a failed run.
+    PyTorch asks every process to destroy its groups before it exits.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
