@@ -79,8 +79,7 @@ def query_key(y: Tensor, query_weight: Tensor,
     """:func:`channel_conv1d` of ``y`` with the query and the key kernel,
     both ``[1, 1, k]``, from one product: ``(q, k)``, each [B, C]."""
     kernels = torch.cat((query_weight, key_weight)).view(2, -1)
-    q, k = (_channel_windows(y, kernels.shape[1]) @ kernels.t()).unbind(-1)
-    return q, k
+    return (_channel_windows(y, kernels.shape[1]) @ kernels.t()).unbind(-1)
 
 
 def head_scores(q: Tensor, k: Tensor, num_heads: int) -> Tensor:
