@@ -44,10 +44,13 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CSRC = osp.join(ROOT, 'mrla_mm', 'ops', 'csrc')
 SHIMS = osp.join(ROOT, 'tests', 'cuda_emulation')
 FORMATS = (torch.contiguous_format, torch.channels_last)
-# NCHW planes of more than 2048 pixels and channels_last ones of more than
-# 64 are cut into several slices; 40 channels leave channels_last lanes
-# idle; 1x1 and odd sizes test the borders.
-SHAPES = ((1, 2, 50, 45), (2, 40, 12, 13), (2, 4, 1, 1), (1, 8, 3, 7))
+# A plane is cut into several slices above 2048 pixels (NCHW) or 64
+# (channels_last), in the light kernels above 256 or 8 runs of 8 pixels of
+# a row; 40 channels leave channels_last lanes idle; 1x1 and odd sizes test
+# the borders; rows of 7, 13 and 45 pixels end in a short run, rows of 16
+# in a whole one.
+SHAPES = ((1, 2, 50, 45), (2, 40, 12, 13), (2, 4, 1, 1), (1, 8, 3, 7),
+          (1, 4, 17, 16))
 # Batch statistics need more than one value per channel.
 NORM_SHAPES = tuple(s for s in SHAPES if s[0] * s[2] * s[3] > 1)
 

@@ -40,26 +40,6 @@ __device__ __forceinline__ MRLAPlane mrla_plane(int64_t b, int64_t c, int64_t C,
   return p;
 }
 
-// 3x3 depthwise convolution (zero padding) with the taps w9 at pixel
-// (y, x) of plane p, off its offset.
-template <typename T, typename A>
-__device__ __forceinline__ A mrla_dwconv3x3(const T* x, const A* w9,
-                                            const MRLAPlane& p, int64_t off,
-                                            int y, int x0, int H, int W) {
-  A acc = 0;
-#pragma unroll
-  for (int i = 0; i < 3; ++i) {
-    if (y + i - 1 < 0 || y + i - 1 >= H) continue;
-    const int64_t r = off + (i - 1) * p.row;
-#pragma unroll
-    for (int j = 0; j < 3; ++j) {
-      if (x0 + j - 1 < 0 || x0 + j - 1 >= W) continue;
-      acc += w9[3 * i + j] * static_cast<A>(x[r + (j - 1) * p.pix]);
-    }
-  }
-  return acc;
-}
-
 // Sum of v over the block (blockDim.x == kMRLAThreads); every thread
 // gets the result.
 template <typename A>
@@ -76,27 +56,29 @@ __device__ A mrla_block_sum(A v) {
   return r;
 }
 
-// Plane reductions (sums over the pixels of each (b, c) plane) run in
-// tiles, so that a few large planes still fill the GPU and a channels_last
-// map is read in coalesced rows. A tile is a slice of L pixels of one
-// sample and, NCHW, one channel (threads along the pixels) or,
-// channels_last, kMRLATileChannels neighbouring channels (a warp along the
-// channels, the block's warps along the pixels). Each tile writes partial
-// sums part[(b * C + c) * S + slice][K]; the slices are then added in a
-// fixed order, so the results do not depend on scheduling.
+// The kernels run over tiles of the planes, so that a few large planes
+// still fill the GPU and a channels_last map is read in coalesced rows. A
+// tile is a slice of L items of one sample and, NCHW, one channel (threads
+// along the items) or, channels_last, kMRLATileChannels neighbouring
+// channels (a warp along the channels, the block's warps along the
+// items). An item is a run of `run` pixels of one row (the last of a row
+// may be shorter); with run 1 it is a pixel. Tiles of a plane reduction
+// write partial sums part[(b * C + c) * S + slice][K]; the slices are then
+// added in a fixed order, so the results do not depend on scheduling.
 constexpr int kMRLATileChannels = 32;
 
 struct MRLATiling {
   int64_t C;
   int H, W, HW;
+  int run, R, items;  // R runs of `run` pixels per row, H * R items a plane
   int64_t groups;  // channel groups per sample: C (NCHW) or C / 32 rounded up
-  int S, L;        // S slices of L pixels (the last may be shorter)
+  int S, L;        // S slices of L items (the last may be shorter)
 };
 
 // Tiles for [B, C, H, W] maps on the current GPU: enough slices for about
 // four waves of blocks, each thread taking >= 8 pixels.
 inline MRLATiling mrla_tiling(int64_t B, int64_t C, int64_t H, int64_t W,
-                              bool cl) {
+                              bool cl, int run = 1) {
   const int64_t HW = H * W;
   // Pixel loops run in 32-bit and step past the plane by < a block.
   TORCH_CHECK(HW <= INT32_MAX - kMRLAThreads,
@@ -106,29 +88,49 @@ inline MRLATiling mrla_tiling(int64_t B, int64_t C, int64_t H, int64_t W,
   int device = 0, sms = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int64_t R = (W + run - 1) / run, items = H * R;
   const int64_t groups =
       cl ? (C + kMRLATileChannels - 1) / kMRLATileChannels : C;
   const int64_t rows = cl ? kMRLAThreads / kMRLATileChannels : kMRLAThreads;
   const int64_t wanted = 4 * static_cast<int64_t>(sms) * 2048 / kMRLAThreads;
   const int64_t by_gpu = (wanted + B * groups - 1) / (B * groups);
-  const int64_t by_work = (HW + 8 * rows - 1) / (8 * rows);
+  const int64_t per_slice = rows * ((8 + run - 1) / run);
+  const int64_t by_work = (items + per_slice - 1) / per_slice;
   int64_t S = by_gpu < by_work ? by_gpu : by_work;
   S = S < 1 ? 1 : S;
-  const int64_t L = (HW + S - 1) / S;
+  const int64_t L = (items + S - 1) / S;
   return {C,
           static_cast<int>(H),
           static_cast<int>(W),
           static_cast<int>(HW),
+          run,
+          static_cast<int>(R),
+          static_cast<int>(items),
           groups,
-          static_cast<int>((HW + L - 1) / L),
+          static_cast<int>((items + L - 1) / L),
           static_cast<int>(L)};
+}
+
+// Pixels of the plane's items before item k.
+__host__ __device__ __forceinline__ int mrla_pixels_before(
+    const MRLATiling& t, int k) {
+  const int y = k / t.R, x = (k - y * t.R) * t.run;
+  return y * t.W + (x < t.W ? x : t.W);
+}
+
+// Pixels of slice s of a plane.
+__host__ __device__ __forceinline__ int mrla_slice_pixels(const MRLATiling& t,
+                                                          int s) {
+  const int begin = s * t.L;
+  const int end = begin < t.items - t.L ? begin + t.L : t.items;
+  return mrla_pixels_before(t, end) - mrla_pixels_before(t, begin);
 }
 
 inline int mrla_tile_blocks(const MRLATiling& t, int64_t B) {
   return static_cast<int>(B * t.groups * t.S);
 }
 
-// This thread's part of the block's tile: pixels first, first + step, ...
+// This thread's part of the block's tile: items first, first + step, ...
 // below end of sample b, channel c (active: c exists).
 struct MRLATile {
   int64_t b, c;
@@ -143,7 +145,7 @@ __device__ __forceinline__ MRLATile mrla_tile(const MRLATiling& t) {
   r.slice = blockIdx.x % t.S;
   r.b = group / t.groups;
   r.begin = r.slice * t.L;
-  r.end = r.begin < t.HW - t.L ? r.begin + t.L : t.HW;
+  r.end = r.begin < t.items - t.L ? r.begin + t.L : t.items;
   if (CL) {
     r.c = (group % t.groups) * kMRLATileChannels +
           threadIdx.x % kMRLATileChannels;

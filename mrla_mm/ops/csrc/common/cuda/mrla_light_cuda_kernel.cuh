@@ -1,23 +1,96 @@
 // CUDA kernels of the MRLA-light core, each over tiles of the planes
-// (MRLATiling). The forward is one pass. The backward takes two: first the
-// value gradient (kept in a float buffer) with the gate and lambda sums,
-// then grad_x and the weight gradient from that buffer; the tiles' partial
-// sums are added in a fixed order, so the sums are deterministic. With a
-// train-mode BatchNorm after the core (norm != nullptr: rows a, b, c,
-// center of [4, C]) the incoming gradient is that of x + batch_norm(z);
-// z is recomputed, never stored.
+// (MRLATiling) whose items are runs of kMRLALightRun pixels of a row. The
+// forward is one pass. The backward takes two: first the value gradient
+// (kept in a float buffer) with the gate and lambda sums, then grad_x and
+// the weight gradient from that buffer; the tiles' partial sums are added
+// in a fixed order, so the sums are deterministic. With a train-mode
+// BatchNorm after the core (norm != nullptr: rows a, b, c, center of
+// [4, C]) the incoming gradient is that of x + batch_norm(z); z is
+// recomputed, never stored.
 #ifndef MRLA_LIGHT_CUDA_KERNEL_CUH
 #define MRLA_LIGHT_CUDA_KERNEL_CUH
 
 #include "mrla_act.hpp"
 #include "mrla_common_cuda.cuh"
 
+// Pixels of a row per thread and step: three row windows of
+// kMRLALightRun + 2 inputs hold all 27 taps of the run's outputs, so an
+// input is loaded 30 times per 8 outputs instead of 72, with the index
+// arithmetic and bounds checks paid per run, and the 8 outputs accumulate
+// independently.
+constexpr int kMRLALightRun = 8;
+constexpr int kMRLALightWindow = kMRLALightRun + 2;
+
+inline MRLATiling mrla_light_tiling(int64_t B, int64_t C, int64_t H, int64_t W,
+                                    bool cl) {
+  return mrla_tiling(B, C, H, W, cl, kMRLALightRun);
+}
+
+// Item k of a plane: the run of n pixels from column x0 of row y, whose
+// first pixel lies at offset off of plane p.
+struct MRLARun {
+  int y, x0, n;
+  int64_t off;
+
+  __device__ __forceinline__ MRLARun(const MRLATiling& t, const MRLAPlane& p,
+                                     int k) {
+    y = k / t.R;
+    x0 = (k - y * t.R) * kMRLALightRun;
+    n = t.W - x0 < kMRLALightRun ? t.W - x0 : kMRLALightRun;
+    off = p.base + static_cast<int64_t>(y * t.W + x0) * p.pix;
+  }
+};
+
+// row[j] = src at row y + i - 1, column x0 + j - 1 of the run's plane p,
+// zero outside the plane (the convolution's padding). The kernels take the
+// three rows one at a time, so that a thread holds one row window and its
+// run's sums, not all 30 inputs.
+template <typename S, typename A>
+__device__ __forceinline__ void mrla_row_window(const S* src,
+                                                const MRLAPlane& p,
+                                                const MRLARun& r,
+                                                const MRLATiling& t, int i,
+                                                A (&row)[kMRLALightWindow]) {
+  const int yy = r.y + i - 1;
+  const bool row_in = yy >= 0 && yy < t.H;
+  const int64_t first = r.off + (i - 1) * p.row - p.pix;
+#pragma unroll
+  for (int j = 0; j < kMRLALightWindow; ++j) {
+    const int xx = r.x0 + j - 1;
+    row[j] = row_in && xx >= 0 && xx < t.W
+                 ? static_cast<A>(src[first + j * p.pix])
+                 : A(0);
+  }
+}
+
+// out[q] = the 3x3 convolution of src with the taps w at pixel q of run r;
+// center, if given, receives src at the run's own pixels (zero past the
+// row's end).
+template <typename S, typename A>
+__device__ __forceinline__ void mrla_dwconv3x3_run(
+    const S* src, const MRLAPlane& p, const MRLARun& r, const MRLATiling& t,
+    const A (&w)[9], A (&out)[kMRLALightRun], A* center = nullptr) {
+#pragma unroll
+  for (int q = 0; q < kMRLALightRun; ++q) out[q] = 0;
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    A row[kMRLALightWindow];
+    mrla_row_window(src, p, r, t, i, row);
+#pragma unroll
+    for (int q = 0; q < kMRLALightRun; ++q) {
+#pragma unroll
+      for (int j = 0; j < 3; ++j) out[q] += w[3 * i + j] * row[q + j];
+      if (i == 1 && center != nullptr) center[q] = row[q + 1];
+    }
+  }
+}
+
 // What a thread of a light kernel needs of its channel c of sample b: the
 // plane, its value taps, gate and lambda (0 without history).
 template <typename A, bool CL>
 struct MRLALightChannel {
   MRLAPlane plane;
-  const A* w9;
+  A w[9];
   A gate, lambda;
 
   __device__ __forceinline__ MRLALightChannel(int64_t b, int64_t c, int64_t C,
@@ -25,12 +98,28 @@ struct MRLALightChannel {
                                               const A* lambdas, int64_t G,
                                               int H, int W) {
     plane = mrla_plane<CL>(b, c, C, H, W);
-    w9 = w9_all + c * 9;
+#pragma unroll
+    for (int k = 0; k < 9; ++k) w[k] = w9_all[c * 9 + k];
     gate = gates[b * G + c / (C / G)];
     lambda = lambdas != nullptr ? lambdas[c] : A(0);
   }
 
-  // The light core z at pixel (y, x), off its offset, v its value.
+  // Calls f(v, off) for each pixel of item k's run: its value v (before
+  // the activation) and its offset.
+  template <typename T, typename F>
+  __device__ __forceinline__ void each_value(const T* x, const MRLATiling& t,
+                                             int k, F&& f) const {
+    const MRLARun r(t, plane, k);
+    A v[kMRLALightRun];
+    mrla_dwconv3x3_run(x, plane, r, t, w, v);
+#pragma unroll
+    for (int q = 0; q < kMRLALightRun; ++q) {
+      if (q >= r.n) break;
+      f(v[q], r.off + q * plane.pix);
+    }
+  }
+
+  // The light core z at the pixel at offset off, v its value.
   template <typename T>
   __device__ __forceinline__ A core(A v, const T* o_prev, int64_t off,
                                     int act) const {
@@ -48,20 +137,18 @@ __global__ void mrla_light_forward_cuda_kernel(const T* x, const A* w9,
                                                MRLATiling tiling, int64_t G,
                                                int act, bool add_input) {
   const MRLATile t = mrla_tile<CL>(tiling);
-  const int H = tiling.H, W = tiling.W;
   if (!t.active) return;
-  const MRLALightChannel<A, CL> ch(t.b, t.c, tiling.C, w9, gate, lambda, G, H,
-                                   W);
+  const MRLALightChannel<A, CL> ch(t.b, t.c, tiling.C, w9, gate, lambda, G,
+                                   tiling.H, tiling.W);
   const A sc = scale != nullptr ? scale[t.c] : A(1);
   const A sh = scale != nullptr ? shift[t.c] : A(0);
-  for (int i = t.first; i < t.end; i += t.step) {
-    const int y = i / W, x0 = i - y * W;
-    const int64_t off = ch.plane.base + i * ch.plane.pix;
-    A r = ch.core(mrla_dwconv3x3<T, A>(x, ch.w9, ch.plane, off, y, x0, H, W),
-                  o_prev, off, act);
-    if (scale != nullptr) r = r * sc + sh;
-    if (add_input) r += static_cast<A>(x[off]);
-    out[off] = static_cast<T>(r);
+  for (int k = t.first; k < t.end; k += t.step) {
+    ch.each_value(x, tiling, k, [&](A v, int64_t off) {
+      A z = ch.core(v, o_prev, off, act);
+      if (scale != nullptr) z = z * sc + sh;
+      if (add_input) z += static_cast<A>(x[off]);
+      out[off] = static_cast<T>(z);
+    });
   }
 }
 
@@ -77,36 +164,33 @@ __global__ void mrla_light_stats_cuda_kernel(const T* x, const A* w9,
                                              MRLATiling tiling, int64_t G,
                                              int act) {
   const MRLATile t = mrla_tile<CL>(tiling);
-  const int H = tiling.H, W = tiling.W;
   // Inactive lanes of a channels_last tile take channel 0 and sum nothing.
   const MRLALightChannel<A, CL> ch(t.b, t.active ? t.c : 0, tiling.C, w9, gate,
-                                   lambda, G, H, W);
+                                   lambda, G, tiling.H, tiling.W);
   const A ctr = grad != nullptr && t.active ? center[t.c] : A(0);
-  auto z_at = [&](int i, int64_t* off) {
-    const int y = i / W, x0 = i - y * W;
-    *off = ch.plane.base + i * ch.plane.pix;
-    return ch.core(mrla_dwconv3x3<T, A>(x, ch.w9, ch.plane, *off, y, x0, H, W),
-                   o_prev, *off, act);
+  // Calls f(z, off) for each pixel of item k.
+  auto each_z = [&](int k, auto&& f) {
+    ch.each_value(x, tiling, k, [&](A v, int64_t off) {
+      f(ch.core(v, o_prev, off, act), off);
+    });
   };
   A s1 = 0, s2 = 0;
-  for (int i = t.first; t.active && i < t.end; i += t.step) {
-    int64_t off;
-    const A z = z_at(i, &off);
-    if (grad != nullptr) {
-      const A g = static_cast<A>(grad[off]);
-      s1 += g;
-      s2 += g * (z - ctr);
-    } else {
-      s1 += z;
-    }
+  for (int k = t.first; t.active && k < t.end; k += t.step) {
+    each_z(k, [&](A z, int64_t off) {
+      if (grad != nullptr) {
+        const A g = static_cast<A>(grad[off]);
+        s1 += g;
+        s2 += g * (z - ctr);
+      } else {
+        s1 += z;
+      }
+    });
   }
   s1 = mrla_tile_sum<CL>(s1);
   if (grad == nullptr) {
-    const A mean = s1 / static_cast<A>(t.end - t.begin);
-    for (int i = t.first; t.active && i < t.end; i += t.step) {
-      int64_t off;
-      const A d = z_at(i, &off) - mean;
-      s2 += d * d;
+    const A mean = s1 / static_cast<A>(mrla_slice_pixels(tiling, t.slice));
+    for (int k = t.first; t.active && k < t.end; k += t.step) {
+      each_z(k, [&](A z, int64_t) { s2 += (z - mean) * (z - mean); });
     }
     s1 = mean;
   }
@@ -127,10 +211,7 @@ __global__ void mrla_combine_moments_cuda_kernel(const A* part, A* stats,
   MRLA_KERNEL_LOOP(r, rows) {
     const A* p = part + r * tiling.S * 2;
     auto count = [&](int s) {
-      const int begin = s * tiling.L;
-      return static_cast<A>(
-          (begin < tiling.HW - tiling.L ? begin + tiling.L : tiling.HW) -
-          begin);
+      return static_cast<A>(mrla_slice_pixels(tiling, s));
     };
     A mean = 0;
     for (int s = 0; s < tiling.S; ++s) mean += count(s) * p[2 * s];
@@ -153,25 +234,24 @@ __global__ void mrla_light_backward_value_cuda_kernel(
     const T* o_prev, const A* norm, A* grad_v, T* grad_o_prev, A* gate_part,
     A* lambda_part, MRLATiling tiling, int64_t G, int act) {
   const MRLATile t = mrla_tile<CL>(tiling);
-  const int H = tiling.H, W = tiling.W;
   const int64_t c = t.active ? t.c : 0, C = tiling.C;
-  const MRLALightChannel<A, CL> ch(t.b, c, C, w9, gate, lambda, G, H, W);
+  const MRLALightChannel<A, CL> ch(t.b, c, C, w9, gate, lambda, G, tiling.H,
+                                   tiling.W);
   A sum_gate = 0, sum_lambda = 0;
-  for (int i = t.first; t.active && i < t.end; i += t.step) {
-    const int y = i / W, x0 = i - y * W;
-    const int64_t off = ch.plane.base + i * ch.plane.pix;
-    const A v = mrla_dwconv3x3<T, A>(x, ch.w9, ch.plane, off, y, x0, H, W);
-    A g = static_cast<A>(grad_out[off]);
-    if (norm != nullptr) {
-      const A z = ch.core(v, o_prev, off, act);
-      g = norm[c] * g + norm[C + c] * (z - norm[3 * C + c]) + norm[2 * C + c];
-    }
-    sum_gate += g * mrla_act(v, act);
-    grad_v[off] = g * ch.gate * mrla_act_grad(v, act);
-    if (o_prev != nullptr) {
-      sum_lambda += g * static_cast<A>(o_prev[off]);
-      grad_o_prev[off] = static_cast<T>(ch.lambda * g);
-    }
+  for (int k = t.first; t.active && k < t.end; k += t.step) {
+    ch.each_value(x, tiling, k, [&](A v, int64_t off) {
+      A g = static_cast<A>(grad_out[off]);
+      if (norm != nullptr) {
+        const A z = ch.core(v, o_prev, off, act);
+        g = norm[c] * g + norm[C + c] * (z - norm[3 * C + c]) + norm[2 * C + c];
+      }
+      sum_gate += g * mrla_act(v, act);
+      grad_v[off] = g * ch.gate * mrla_act_grad(v, act);
+      if (o_prev != nullptr) {
+        sum_lambda += g * static_cast<A>(o_prev[off]);
+        grad_o_prev[off] = static_cast<T>(ch.lambda * g);
+      }
+    });
   }
   sum_gate = mrla_tile_sum<CL>(sum_gate);
   sum_lambda = mrla_tile_sum<CL>(sum_lambda);
@@ -191,37 +271,41 @@ __global__ void mrla_light_backward_input_cuda_kernel(const A* grad_v,
                                                       T* grad_x, A* weight_part,
                                                       MRLATiling tiling) {
   const MRLATile t = mrla_tile<CL>(tiling);
-  const int H = tiling.H, W = tiling.W;
-  const MRLAPlane p = mrla_plane<CL>(t.b, t.active ? t.c : 0, tiling.C, H, W);
-  const A* wc = w9 + (t.active ? t.c : 0) * 9;
-  A gw[9];
+  const int64_t c = t.active ? t.c : 0;
+  const MRLAPlane p = mrla_plane<CL>(t.b, c, tiling.C, tiling.H, tiling.W);
+  // grad_x is the convolution of the value gradient with the flipped taps.
+  A flipped[9], gw[9];
 #pragma unroll
-  for (int k = 0; k < 9; ++k) gw[k] = 0;
-  for (int i = t.first; t.active && i < t.end; i += t.step) {
-    const int y = i / W, x0 = i - y * W;
-    const int64_t off = p.base + i * p.pix;
-    const A gv = grad_v[off];
-    A gx = 0;
+  for (int k = 0; k < 9; ++k) {
+    flipped[k] = w9[c * 9 + 8 - k];
+    gw[k] = 0;
+  }
+  for (int k = t.first; t.active && k < t.end; k += t.step) {
+    const MRLARun r(tiling, p, k);
+    // gv: the value gradient at the run's own pixels, which the weight
+    // gradient pairs with each input tap.
+    A gx[kMRLALightRun], gv[kMRLALightRun];
+    mrla_dwconv3x3_run(grad_v, p, r, tiling, flipped, gx, gv);
 #pragma unroll
-    for (int ki = 0; ki < 3; ++ki) {
+    for (int i = 0; i < 3; ++i) {
+      A row[kMRLALightWindow];
+      mrla_row_window(x, p, r, tiling, i, row);
 #pragma unroll
-      for (int kj = 0; kj < 3; ++kj) {
-        // grad_x gathers the value gradient of the mirrored tap ...
-        const int ry = y - ki + 1, rx = x0 - kj + 1;
-        if (ry >= 0 && ry < H && rx >= 0 && rx < W) {
-          gx += wc[3 * ki + kj] *
-                grad_v[off + (1 - ki) * p.row + (1 - kj) * p.pix];
-        }
-        // ... and the weight gradient pairs it with the input tap.
-        const int iy = y + ki - 1, ix = x0 + kj - 1;
-        if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
-          gw[3 * ki + kj] +=
-              gv * static_cast<A>(x[off + (ki - 1) * p.row + (kj - 1) * p.pix]);
+      for (int j = 0; j < 3; ++j) {
+#pragma unroll
+        for (int q = 0; q < kMRLALightRun; ++q) {
+          gw[3 * i + j] += gv[q] * row[q + j];
         }
       }
     }
-    if (grad_res != nullptr) gx += static_cast<A>(grad_res[off]);
-    grad_x[off] = static_cast<T>(gx);
+#pragma unroll
+    for (int q = 0; q < kMRLALightRun; ++q) {
+      if (q >= r.n) break;
+      const int64_t off = r.off + q * p.pix;
+      A g = gx[q];
+      if (grad_res != nullptr) g += static_cast<A>(grad_res[off]);
+      grad_x[off] = static_cast<T>(g);
+    }
   }
   for (int k = 0; k < 9; ++k) {
     const A s = mrla_tile_sum<CL>(gw[k]);

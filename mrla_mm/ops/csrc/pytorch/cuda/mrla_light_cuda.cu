@@ -14,7 +14,7 @@ void MRLALightForwardCUDAKernelLauncher(const Tensor x, const Tensor weight,
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t G = gate.size(1);
   const bool cl = !x.is_contiguous();
-  const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
+  const MRLATiling tiling = mrla_light_tiling(B, C, H, W, cl);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "mrla_light_forward_cuda",
       [&] {
@@ -49,7 +49,7 @@ void MRLALightBackwardCUDAKernelLauncher(const Tensor grad_out, const Tensor x,
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t G = gate.size(1);
   const bool cl = !x.is_contiguous();
-  const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
+  const MRLATiling tiling = mrla_light_tiling(B, C, H, W, cl);
   const int64_t S = tiling.S;
   // The value gradient, in the layout of x, at accumulation precision.
   Tensor grad_v = at::empty_like(
@@ -117,7 +117,7 @@ void MRLALightStatsCUDAKernelLauncher(const Tensor x, const Tensor weight,
   const int64_t G = gate.size(1);
   const bool cl = !x.is_contiguous();
   const int64_t B = x.size(0);
-  const MRLATiling tiling = mrla_tiling(B, C, H, W, cl);
+  const MRLATiling tiling = mrla_light_tiling(B, C, H, W, cl);
   // The tiles' moments (the statistics themselves for one slice).
   Tensor part = tiling.S == 1
                     ? stats
