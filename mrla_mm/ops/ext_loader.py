@@ -10,8 +10,8 @@ cannot serve a call).
 ``auto`` also leaves to PyTorch the CPU inputs on which the compiled
 kernels were measured slower than PyTorch's own (docs/benchmarks.md):
 channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
-pixels (:data:`CPU_MIN_PLANE_OF_OP` for ops with more passes), where the
-per-plane set-up of the kernels outweighs the work; and the CUDA
+pixels, where the per-plane set-up of the kernels outweighs the work; and
+the CUDA
 channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
 :data:`CUDA_CL_SLOWER_WITH_GRAD` when autograd records), measured slower
 than PyTorch on an H100. Under ``torch.compile``, ``auto`` takes the
@@ -30,14 +30,10 @@ logger = logging.getLogger('mrla_mm.ops')
 BACKENDS = ('auto', 'pytorch', 'compiled')
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32,
                     torch.float64)
-# Below 4x4 pixels per plane PyTorch's CPU ops are faster than the
-# per-plane kernels; from ResNet-50's 7x7 last stage on, the kernels are.
+# At 3x3 pixels per plane the fused light training branch is slower than
+# PyTorch's CPU ops (0.86x-0.89x) and the light core's training step even;
+# from 4x4 on every light kernel is faster (docs/benchmarks.md).
 CPU_MIN_PLANE = 16
-# Ops whose kernels make more passes need larger planes: the fused light
-# training branch (a two-phase kernel each way) loses to the unfused ops
-# at 4x4 and 5x5 and wins from ResNet-50's 7x7 on (forward and backward
-# side by side, docs/benchmarks.md).
-CPU_MIN_PLANE_OF_OP = dict(mrla_light_batch_norm=49)
 # Ops whose CUDA kernels were measured slower than PyTorch on
 # channels_last maps (H100, bfloat16, docs/benchmarks.md): the fused light
 # training branch (0.67x-0.78x); the base value map and norm go the same
@@ -98,8 +94,7 @@ def unsupported_reason(maps: Iterable[torch.Tensor]) -> Optional[str]:
     return None
 
 
-def cpu_preference(maps: Iterable[torch.Tensor],
-                   min_plane: int = CPU_MIN_PLANE) -> Optional[str]:
+def cpu_preference(maps: Iterable[torch.Tensor]) -> Optional[str]:
     """Why PyTorch's CPU kernels are faster on these maps, or None."""
     for t in maps:
         if t.device.type != 'cpu' or t.dim() != 4:
@@ -107,8 +102,8 @@ def cpu_preference(maps: Iterable[torch.Tensor],
         if not t.is_contiguous() and t.is_contiguous(
                 memory_format=torch.channels_last):
             return 'channels_last maps run faster through PyTorch on the CPU'
-        if t.shape[2] * t.shape[3] < min_plane:
-            return (f'planes under {min_plane} pixels run faster '
+        if t.shape[2] * t.shape[3] < CPU_MIN_PLANE:
+            return (f'planes under {CPU_MIN_PLANE} pixels run faster '
                     'through PyTorch on the CPU')
     return None
 
@@ -140,11 +135,9 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
         return False
     maps = list(maps)
     reason = unsupported_reason(maps)
-    min_plane = CPU_MIN_PLANE_OF_OP.get(op, CPU_MIN_PLANE)
     preference = None
     if backend == 'auto':
-        preference = (cpu_preference(maps, min_plane)
-                      or cuda_preference(op, maps))
+        preference = cpu_preference(maps) or cuda_preference(op, maps)
     if reason is None and preference is not None:
         _log_once(f'{op}:{preference}', logging.INFO,
                   f'{op}: pure-PyTorch path, since {preference}')
