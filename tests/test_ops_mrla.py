@@ -511,8 +511,9 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(RuntimeError, match=r'want_values must have one entry '
                        r'per value \(2\), got 1'):
         ext.mrla_base_backward(x, weights, values, [True])
-    with pytest.raises(RuntimeError, match=r'values\[1\] must match '
-                       r'values\[0\]'):
+    with pytest.raises(RuntimeError, match=r'values\[1\] must have the '
+                       r'shape of values\[0\] \[1, 8, 3, 3\], got '
+                       r'\[1, 8, 3, 2\]'):
         ext.mrla_base_forward(weights, [values[0], values[1][..., :2]],
                               empty, empty, empty)
     with pytest.raises(RuntimeError, match=r'weights must be \[B, G, T\] = '
@@ -523,11 +524,11 @@ def test_bad_inputs_name_the_argument():
                        'contiguous Float tensors of C=8 elements, got shape '
                        r'\[4\]'):
         ext.mrla_base_forward(weights, values, lam[:4], lam, empty)
-    with pytest.raises(RuntimeError, match=r'residual must match the values '
-                       r'in shape \[1, 8, 3, 3\]'):
+    with pytest.raises(RuntimeError, match=r'residual must have the shape of '
+                       r'values\[0\] \[1, 8, 3, 3\], got \[1, 8, 3, 2\]'):
         ext.mrla_base_forward(weights, values, lam, lam, x[..., :2])
-    with pytest.raises(RuntimeError, match='identity must match residual in '
-                       r'shape \[1, 8, 3, 3\]'):
+    with pytest.raises(RuntimeError, match='identity must have the shape of '
+                       r'residual \[1, 8, 3, 3\], got \[1, 4, 3, 3\]'):
         ext.residual_relu_pool(x, o[:, :4], False)
     with pytest.raises(ValueError, match='scale and shift must be given '
                        'together'):

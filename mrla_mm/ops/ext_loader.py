@@ -11,8 +11,7 @@ cannot serve a call).
 kernels were measured slower than PyTorch's own (docs/benchmarks.md):
 channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
 pixels, where the per-plane set-up of the kernels outweighs the work; and
-the CUDA
-channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
+the CUDA channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
 :data:`CUDA_CL_SLOWER_WITH_GRAD` when autograd records), measured slower
 than PyTorch on an H100. Under ``torch.compile``, ``auto`` takes the
 PyTorch path, which the compiler traces into kernels of its own.

@@ -4,6 +4,7 @@
 // optionally followed by an eval-mode BatchNorm folded into scale/shift, a
 // ReLU and the addition of the block output (the MRLA branch of a ResNet
 // block). The softmax weights come from mrla_mm/ops/mrla_math.py.
+#include "mrla_map_checks.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 
@@ -29,24 +30,10 @@ at::MemoryFormat check_base_args(const Tensor& weights,
                                  const std::vector<Tensor>& values) {
   TORCH_CHECK(!values.empty(), "values must hold at least one map");
   const Tensor& v0 = values[0];
-  TORCH_CHECK(v0.dim() == 4 && v0.numel() > 0,
-              "values[0] must be a non-empty 4-D [B, C, H, W] tensor, got "
-              "shape ", v0.sizes());
+  const auto fmt = mrla_map_format(v0, "values[0]");
   const int64_t t = static_cast<int64_t>(values.size());
-  const bool cl = !v0.is_contiguous() &&
-                  v0.is_contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(cl || v0.is_contiguous(), "values[0] must be contiguous or "
-              "channels_last, got strides ", v0.strides());
-  const auto fmt =
-      cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   for (int64_t s = 1; s < t; ++s) {
-    const Tensor& v = values[s];
-    TORCH_CHECK(v.sizes() == v0.sizes() && v.scalar_type() ==
-                    v0.scalar_type() && v.device() == v0.device() &&
-                    v.is_contiguous(fmt),
-                "values[", s, "] must match values[0] in shape, dtype, "
-                "device and memory format; got shape ", v.sizes(), " ",
-                v.scalar_type(), " on ", v.device());
+    mrla_check_map_like(values[s], v0, "values[0]", fmt, "values[", s, "]");
   }
   const auto acc = v0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(weights.dim() == 3 && weights.size(0) == v0.size(0) &&
@@ -81,11 +68,7 @@ Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
     }
   }
   if (residual.numel()) {
-    TORCH_CHECK(residual.sizes() == v0.sizes() &&
-                    residual.scalar_type() == v0.scalar_type() &&
-                    residual.is_contiguous(fmt),
-                "residual must match the values in shape ", v0.sizes(),
-                ", dtype and memory format, got shape ", residual.sizes());
+    mrla_check_map_like(residual, v0, "values[0]", fmt, "residual");
   }
   Tensor out = at::empty_like(v0, fmt);
   mrla_base_forward_impl(weights, values, scale, shift, residual, out);
@@ -101,11 +84,7 @@ std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
                                        std::vector<bool> want_values) {
   const auto fmt = check_base_args(weights, values);
   const Tensor& v0 = values[0];
-  TORCH_CHECK(grad_out.sizes() == v0.sizes() &&
-                  grad_out.scalar_type() == v0.scalar_type() &&
-                  grad_out.is_contiguous(fmt),
-              "grad_out must match the values in shape, dtype and memory "
-              "format");
+  mrla_check_map_like(grad_out, v0, "values[0]", fmt, "grad_out");
   TORCH_CHECK(want_values.size() == values.size(),
               "want_values must have one entry per value (", values.size(),
               "), got ", want_values.size());

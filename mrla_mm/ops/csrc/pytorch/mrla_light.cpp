@@ -11,6 +11,7 @@
 // runs the statistics and the folded forward for y, the norm backward op
 // the statistics and the backward for y's gradients (on the CPU each as
 // one kernel, see mrla_light_cpu.cpp; elsewhere composed of the two).
+#include "mrla_map_checks.hpp"
 #include "mrla_norm.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
@@ -141,30 +142,6 @@ void mrla_light_norm_backward_composed(
 
 namespace {
 
-// The memory format shared by all feature maps of one call.
-bool maps_channels_last(const Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, " must be a 4-D [B, C, H, W] tensor, got ",
-              x.dim(), " dims");
-  if (x.is_contiguous()) return false;
-  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), name,
-              " must be contiguous or channels_last, got strides ",
-              x.strides());
-  return true;
-}
-
-void check_map_like(const Tensor& t, const Tensor& x, bool channels_last,
-                    const char* name) {
-  TORCH_CHECK(t.sizes() == x.sizes(), name, " must have the shape of x ",
-              x.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name,
-              " must have the dtype of x (", x.scalar_type(), "), got ",
-              t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(channels_last
-                                  ? at::MemoryFormat::ChannelsLast
-                                  : at::MemoryFormat::Contiguous),
-              name, " must have the memory format of x");
-}
-
 void check_small(const Tensor& t, const Tensor& x, int64_t numel,
                  const char* name) {
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -177,11 +154,11 @@ void check_small(const Tensor& t, const Tensor& x, int64_t numel,
 
 void check_light_args(const Tensor& x, const Tensor& weight,
                       const Tensor& gate, const Tensor& lambda,
-                      const Tensor& o_prev, bool channels_last) {
+                      const Tensor& o_prev, at::MemoryFormat fmt) {
   const int64_t b = x.size(0), c = x.size(1);
   // An empty o_prev (and lambda) drops the history term: the value alone.
   if (o_prev.numel() || lambda.numel()) {
-    check_map_like(o_prev, x, channels_last, "o_prev");
+    mrla_check_map_like(o_prev, x, "x", fmt, "o_prev");
     check_small(lambda, x, c, "lambda");
   }
   check_small(weight, x, c * 9, "weight");
@@ -190,7 +167,6 @@ void check_light_args(const Tensor& x, const Tensor& weight,
               "gate must be [B, G] with G dividing C=", c, ", got ",
               gate.sizes());
   check_small(gate, x, gate.numel(), "gate");
-  TORCH_CHECK(x.numel() > 0, "x must not be empty");
 }
 
 }  // namespace
@@ -198,16 +174,15 @@ void check_light_args(const Tensor& x, const Tensor& weight,
 Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
                           Tensor lambda, Tensor o_prev, Tensor scale,
                           Tensor shift, int64_t act, bool add_input) {
-  const bool cl = maps_channels_last(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  const auto fmt = mrla_map_format(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, fmt);
   if (scale.numel() || shift.numel()) {
     check_small(scale, x, x.size(1), "scale");
     check_small(shift, x, x.size(1), "shift");
   }
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
               "got ", act);
-  Tensor out = at::empty_like(x, cl ? at::MemoryFormat::ChannelsLast
-                                    : at::MemoryFormat::Contiguous);
+  Tensor out = at::empty_like(x, fmt);
   mrla_light_forward_impl(x, weight, gate, lambda, o_prev, scale, shift, out,
                           act, add_input);
   return out;
@@ -225,16 +200,15 @@ std::vector<Tensor> mrla_light_norm_forward(Tensor x, Tensor weight,
                                             Tensor beta, Tensor mean_in,
                                             Tensor var_in, bool batch_stats,
                                             double eps, int64_t act) {
-  const bool cl = maps_channels_last(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  const auto fmt = mrla_map_format(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, fmt);
   const int64_t c = x.size(1);
   check_small(gamma, x, c, "gamma");
   check_small(beta, x, c, "beta");
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
               "got ", act);
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
-  Tensor out = at::empty_like(x, cl ? at::MemoryFormat::ChannelsLast
-                                    : at::MemoryFormat::Contiguous);
+  Tensor out = at::empty_like(x, fmt);
   if (batch_stats) {
     TORCH_CHECK(x.numel() / c > 1, "batch statistics need more than one "
                 "value per channel, got x of shape ", x.sizes());
@@ -272,12 +246,10 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
                                         Tensor weight, Tensor gate,
                                         Tensor lambda, Tensor o_prev,
                                         Tensor norm, int64_t act) {
-  const bool cl = maps_channels_last(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, cl);
-  check_map_like(grad_out, x, cl, "grad_out");
+  const auto fmt = mrla_map_format(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, fmt);
+  mrla_check_map_like(grad_out, x, "x", fmt, "grad_out");
   if (norm.numel()) check_small(norm, x, 4 * x.size(1), "norm");
-  const auto fmt =
-      cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t b = x.size(0), c = x.size(1);
   Tensor grad_x = at::empty_like(x, fmt);
   Tensor grad_o_prev =
@@ -298,10 +270,10 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
 Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
                         Tensor o_prev, Tensor grad, Tensor center,
                         int64_t act) {
-  const bool cl = maps_channels_last(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, cl);
+  const auto fmt = mrla_map_format(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, fmt);
   if (grad.numel()) {
-    check_map_like(grad, x, cl, "grad");
+    mrla_check_map_like(grad, x, "x", fmt, "grad");
     check_small(center, x, x.size(1), "center");
   }
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
@@ -323,17 +295,15 @@ std::vector<Tensor> mrla_light_norm_backward(Tensor grad_out, Tensor x,
                                              Tensor gamma, Tensor mean,
                                              Tensor invstd, bool batch_stats,
                                              int64_t act) {
-  const bool cl = maps_channels_last(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, cl);
-  check_map_like(grad_out, x, cl, "grad_out");
+  const auto fmt = mrla_map_format(x, "x");
+  check_light_args(x, weight, gate, lambda, o_prev, fmt);
+  mrla_check_map_like(grad_out, x, "x", fmt, "grad_out");
   const int64_t b = x.size(0), c = x.size(1);
   check_small(gamma, x, c, "gamma");
   check_small(mean, x, c, "mean");
   check_small(invstd, x, c, "invstd");
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
               "got ", act);
-  const auto fmt =
-      cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   Tensor grad_x = at::empty_like(x, fmt);
   Tensor grad_o_prev =
       o_prev.numel() ? at::empty_like(x, fmt) : at::empty({0}, x.options());
