@@ -69,7 +69,7 @@ def test_cuda_extension_compiles_and_links():
         'e = torch.empty(0)\n'
         'out = m.mrla_base_forward(torch.ones(1, 2, 1), [x], e, e, e)\n'
         'assert torch.equal(out, x)\n'
-        'out, mean = m.residual_relu_pool(x, -x, False)\n'
+        'out, mean = m.residual_relu_pool(x, -x, e, e, False)\n'
         'assert not out.any() and not mean.any()\n'
         'g = m.residual_relu_pool_backward(x, x[:, :, 0, 0].contiguous(), '
         'out)\n'

@@ -292,3 +292,12 @@ def test_residual_relu_pool(cuda_kernels, shape, fmt):
     for a, b in zip(got, want):
         assert a.is_contiguous(memory_format=fmt)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # A folded norm of the residual, applied per channel in the same pass.
+    scale = torch.rand(shape[1], generator=g, dtype=r.dtype) + 0.5
+    shift = torch.randn(shape[1], generator=g, dtype=r.dtype)
+    with torch.no_grad():
+        out, mean = residual_relu_pool(r, i, scale=scale, shift=shift)
+    want = torch.relu(channel_affine(r, scale, shift) + i)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mean, want.mean((2, 3)), rtol=1e-12,
+                               atol=1e-12)

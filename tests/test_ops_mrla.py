@@ -329,6 +329,54 @@ def test_residual_relu_pool_gradients(device, dtype, fmt, inplace):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-6),
+                                       (torch.float64, 1e-14),
+                                       (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_residual_relu_pool_folds_a_norm(device, dtype, tol, fmt,
+                                         monkeypatch):
+    """With ``scale`` and ``shift`` (an eval-mode norm of the residual
+    branch): ``relu(residual * scale + shift + identity)`` in the op's one
+    pass without autograd, the norm as its own op with autograd."""
+    monkeypatch.setenv('MRLA_OPS_BACKEND', 'compiled')
+    g = torch.Generator().manual_seed(5)
+    r, i = [
+        torch.randn(2, 40, 5, 7, generator=g).to(
+            device, dtype).contiguous(memory_format=fmt) for _ in range(2)
+    ]
+    scale = (torch.rand(40, generator=g) + 0.5).to(device)
+    shift = torch.randn(40, generator=g).to(device)
+    ref = torch.relu(
+        mrla_math.channel_affine(r.double(), scale.double(), shift.double()) +
+        i.double())
+    with torch.no_grad():
+        out, mean = residual_relu_pool(r.clone(), i, scale=scale,
+                                       shift=shift)
+        written = r.clone()
+        out_inplace, _ = residual_relu_pool(written, i, inplace=True,
+                                            scale=scale, shift=shift)
+    assert out.is_contiguous(memory_format=fmt) and out.dtype == dtype
+    assert rel_err(out, ref) < tol
+    assert rel_err(mean, ref.mean((2, 3))) < tol
+    assert out_inplace.data_ptr() == written.data_ptr()
+    assert torch.equal(out_inplace, out)
+    # With autograd the gradients are the composition's, to the norm's
+    # parameters too.
+    leaves = [t.double().requires_grad_() for t in (r, i, scale, shift)]
+    grad = torch.randn(r.shape, generator=g, dtype=torch.float64)
+    grad_mean = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    fused = residual_relu_pool(*leaves[:2], scale=leaves[2],
+                               shift=leaves[3])
+    want = torch.relu(
+        mrla_math.channel_affine(leaves[0], leaves[2], leaves[3]) + leaves[1])
+    got = torch.autograd.grad(fused, leaves, (grad, grad_mean))
+    expected = torch.autograd.grad((want, want.mean((2, 3))), leaves,
+                                   (grad, grad_mean))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_residual_relu_pool_gradcheck():
     r, i = (torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
             for _ in range(2))
@@ -529,7 +577,16 @@ def test_bad_inputs_name_the_argument():
         ext.mrla_base_forward(weights, values, lam, lam, x[..., :2])
     with pytest.raises(RuntimeError, match='identity must have the shape of '
                        r'residual \[1, 8, 3, 3\], got \[1, 4, 3, 3\]'):
-        ext.residual_relu_pool(x, o[:, :4], False)
+        ext.residual_relu_pool(x, o[:, :4], empty, empty, False)
+    with pytest.raises(RuntimeError, match='shift must be a contiguous tensor '
+                       r'of 8 elements, got shape \[4\]'):
+        ext.residual_relu_pool(x, o, lam, lam[:4], False)
+    with pytest.raises(RuntimeError, match='scale must be Float for Float '
+                       'maps, got Double'):
+        ext.residual_relu_pool(x, o, lam.double(), lam, False)
+    with pytest.raises(ValueError, match='scale and shift must be given '
+                       'together'):
+        residual_relu_pool(x, o, scale=lam)
     with pytest.raises(ValueError, match='scale and shift must be given '
                        'together'):
         mrla_light_core(x, wv, gate, lam, o, scale=lam)

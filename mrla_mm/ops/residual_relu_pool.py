@@ -7,22 +7,39 @@ the gradients of the output and of the means in one pass, where autograd
 would first add the means' (a broadcast) into the output's and then run
 ReLU's backward.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from .ext_loader import load_ext, map_format, needs_autograd, use_compiled
-from .mrla_math import channel_descriptor
+from .checks import check_folded_norm
+from .ext_loader import (
+    acc_dtype,
+    load_ext,
+    map_format,
+    needs_autograd,
+    use_compiled,
+)
+from .mrla_math import channel_affine, channel_descriptor
 
 
-def _compiled_forward(residual: Tensor, identity: Tensor,
-                      inplace: bool) -> Tuple[Tensor, Tensor]:
+def _compiled_forward(residual: Tensor,
+                      identity: Tensor,
+                      inplace: bool,
+                      scale: Optional[Tensor] = None,
+                      shift: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     fmt = map_format(residual)
+    acc = acc_dtype(residual)
+
+    def small(t):
+        return residual.new_empty(0, dtype=acc) if t is None else t.detach(
+        ).to(acc).reshape(-1).contiguous()
+
     return load_ext().residual_relu_pool(
         residual.contiguous(memory_format=fmt),
-        identity.to(residual.dtype).contiguous(memory_format=fmt), inplace)
+        identity.to(residual.dtype).contiguous(memory_format=fmt),
+        small(scale), small(shift), inplace)
 
 
 class ResidualReluPoolFunction(Function):
@@ -59,9 +76,12 @@ class ResidualReluPoolFunction(Function):
         return grad, grad.to(ctx.identity_dtype), None
 
 
-def residual_relu_pool(residual: Tensor,
-                       identity: Tensor,
-                       inplace: bool = False) -> Tuple[Tensor, Tensor]:
+def residual_relu_pool(
+        residual: Tensor,
+        identity: Tensor,
+        inplace: bool = False,
+        scale: Optional[Tensor] = None,
+        shift: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """``out = relu(residual + identity)`` and ``out``'s channel means.
 
     Runs compiled when the extension is built and takes the inputs (see
@@ -73,15 +93,27 @@ def residual_relu_pool(residual: Tensor,
         identity (Tensor): its shortcut, same shape.
         inplace (bool): write ``out`` over ``residual``, as mmdet's blocks
             add the shortcut in place. Defaults to False.
+        scale (Tensor, optional): per-channel factor ``[C]`` applied to
+            ``residual`` first, with ``shift``: the residual branch's
+            eval-mode BatchNorm folded in, so that its output map is never
+            written. Without autograd the compiled op applies it in its
+            one pass; else it runs as its own op.
+        shift (Tensor, optional): per-channel offset ``[C]``.
 
     Returns:
         tuple[Tensor, Tensor]: ``out`` ``[B, C, H, W]`` in the memory
         format of ``residual``, and the means ``[B, C]``.
     """
-    if not use_compiled('residual_relu_pool', (residual, identity)):
+    check_folded_norm(scale, shift)
+    compiled = use_compiled('residual_relu_pool', (residual, identity))
+    if scale is not None and not (compiled and not needs_autograd(
+            residual, identity, scale, shift)):
+        residual = channel_affine(residual, scale, shift)
+        scale = shift = None
+    if not compiled:
         out = (residual.add_(identity) if inplace else residual +
                identity).relu_()
         return out, channel_descriptor(out)
     if needs_autograd(residual, identity):
         return ResidualReluPoolFunction.apply(residual, identity, inplace)
-    return _compiled_forward(residual, identity, inplace)
+    return _compiled_forward(residual, identity, inplace, scale, shift)

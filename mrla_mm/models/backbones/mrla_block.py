@@ -101,12 +101,18 @@ class MRLABlockMixin:
         """``(scale, shift)`` of an eval-mode BatchNorm on the MRLA branch
         when the compiled ``op`` takes ``x`` and nothing between the norm
         and the residual add needs its own pass (no gradient, no active
-        drop path); else None.
+        drop path); else None."""
+        return self._folded_norm(self.mrla_norm, x, op)
+
+    def _folded_norm(self, norm: nn.Module, x: Tensor,
+                     op: str) -> Optional[Tuple[Tensor, Tensor]]:
+        """``(scale, shift)`` of ``norm`` when it is an eval-mode BatchNorm
+        that the compiled ``op`` can apply to ``x`` in its own pass (no
+        gradient, the block in eval mode); else None.
 
         The PyTorch path keeps the norm module, so that what it runs (and
         what a FLOP counter sees) is the unfused model.
         """
-        norm = self.mrla_norm
         if (self.training or torch.is_grad_enabled()
                 or not isinstance(norm, _BatchNorm) or norm.training
                 or not norm.track_running_stats
@@ -184,13 +190,22 @@ class MRLABlockMixin:
                 maps=maps,
                 **batch_norm_args(getattr(self, self.last_norm)))
             return out, identity, None
-        out = self.residual(x)
         if self.mrla is not None:
             # MRLA's channel means are taken while the output is written
             # (and their gradient joins ReLU's backward); in place, as
-            # mmdet's blocks add their shortcut: no new map.
-            out, descriptor = residual_relu_pool(out, identity, inplace=True)
+            # mmdet's blocks add their shortcut: no new map. In inference
+            # the last norm joins that pass too.
+            out = self.residual_conv(x)
+            folded = self._folded_norm(
+                getattr(self, self.last_norm), out,
+                'residual_relu_pool') if self.tail_is_norm else None
+            if folded is None:
+                out, folded = self.residual_tail(out), (None, None)
+            out, descriptor = residual_relu_pool(
+                out, identity, inplace=True, scale=folded[0],
+                shift=folded[1])
             return out, identity, descriptor
+        out = self.residual(x)
         out += identity
         return self.relu(out), identity, None
 

@@ -1,6 +1,6 @@
 // Checks of the feature maps the MRLA ops take, shared by their C++ entry
 // points: non-empty 4-D [B, C, H, W] maps, contiguous or channels_last,
-// and every other map of a call like the first.
+// every other map of a call like the first, and the small operands.
 #ifndef MRLA_MAP_CHECKS_HPP
 #define MRLA_MAP_CHECKS_HPP
 
@@ -38,6 +38,22 @@ inline void mrla_check_map_like(const at::Tensor& t, const at::Tensor& ref,
   TORCH_CHECK(t.is_contiguous(fmt), name...,
               " must have the memory format of ", ref_name, ", got strides ",
               t.strides());
+}
+
+// A small operand of map x (per-channel factors, weights, gates): numel
+// contiguous elements in x's accumulation dtype (double for double maps,
+// else float), on x's device.
+inline void mrla_check_small(const at::Tensor& t, const at::Tensor& x,
+                             int64_t numel, const char* name) {
+  const auto acc =
+      x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(t.scalar_type() == acc, name, " must be ", acc, " for ",
+              x.scalar_type(), " maps, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous() && t.numel() == numel, name, " must be a "
+              "contiguous tensor of ", numel, " elements, got shape ",
+              t.sizes());
+  TORCH_CHECK(t.device() == x.device(), name, " must be on the device of "
+              "the maps (", x.device(), "), got ", t.device());
 }
 
 #endif  // MRLA_MAP_CHECKS_HPP

@@ -16,6 +16,13 @@ MRLA_HOST_DEVICE T mrla_add_relu(T a, T b) {
   return A(s) < A(0) ? T(0) : s;
 }
 
+// relu(a * scale + shift + b): an eval-mode BatchNorm folded into the
+// residual branch's end, its output rounded to T as the norm's would be.
+template <typename T, typename A>
+MRLA_HOST_DEVICE T mrla_affine_add_relu(T a, A scale, A shift, T b) {
+  return mrla_add_relu<T, A>(static_cast<T>(A(a) * scale + shift), b);
+}
+
 // What a plane's mean passes to each of its hw pixels: grad_mean / hw.
 template <typename T, typename A>
 MRLA_HOST_DEVICE A mrla_mean_share(T grad_mean, int64_t hw) {

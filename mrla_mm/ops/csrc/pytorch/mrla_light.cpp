@@ -142,16 +142,6 @@ void mrla_light_norm_backward_composed(
 
 namespace {
 
-void check_small(const Tensor& t, const Tensor& x, int64_t numel,
-                 const char* name) {
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(t.scalar_type() == acc, name, " must be ", acc, " for ",
-              x.scalar_type(), " maps, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous() && t.numel() == numel, name, " must be a "
-              "contiguous tensor of ", numel, " elements, got shape ",
-              t.sizes());
-}
-
 void check_light_args(const Tensor& x, const Tensor& weight,
                       const Tensor& gate, const Tensor& lambda,
                       const Tensor& o_prev, at::MemoryFormat fmt) {
@@ -159,14 +149,14 @@ void check_light_args(const Tensor& x, const Tensor& weight,
   // An empty o_prev (and lambda) drops the history term: the value alone.
   if (o_prev.numel() || lambda.numel()) {
     mrla_check_map_like(o_prev, x, "x", fmt, "o_prev");
-    check_small(lambda, x, c, "lambda");
+    mrla_check_small(lambda, x, c, "lambda");
   }
-  check_small(weight, x, c * 9, "weight");
+  mrla_check_small(weight, x, c * 9, "weight");
   TORCH_CHECK(gate.dim() == 2 && gate.size(0) == b && gate.size(1) >= 1 &&
                   c % gate.size(1) == 0,
               "gate must be [B, G] with G dividing C=", c, ", got ",
               gate.sizes());
-  check_small(gate, x, gate.numel(), "gate");
+  mrla_check_small(gate, x, gate.numel(), "gate");
 }
 
 }  // namespace
@@ -177,8 +167,8 @@ Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
   const auto fmt = mrla_map_format(x, "x");
   check_light_args(x, weight, gate, lambda, o_prev, fmt);
   if (scale.numel() || shift.numel()) {
-    check_small(scale, x, x.size(1), "scale");
-    check_small(shift, x, x.size(1), "shift");
+    mrla_check_small(scale, x, x.size(1), "scale");
+    mrla_check_small(shift, x, x.size(1), "shift");
   }
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
               "got ", act);
@@ -203,8 +193,8 @@ std::vector<Tensor> mrla_light_norm_forward(Tensor x, Tensor weight,
   const auto fmt = mrla_map_format(x, "x");
   check_light_args(x, weight, gate, lambda, o_prev, fmt);
   const int64_t c = x.size(1);
-  check_small(gamma, x, c, "gamma");
-  check_small(beta, x, c, "beta");
+  mrla_check_small(gamma, x, c, "gamma");
+  mrla_check_small(beta, x, c, "beta");
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
               "got ", act);
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
@@ -249,7 +239,7 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
   const auto fmt = mrla_map_format(x, "x");
   check_light_args(x, weight, gate, lambda, o_prev, fmt);
   mrla_check_map_like(grad_out, x, "x", fmt, "grad_out");
-  if (norm.numel()) check_small(norm, x, 4 * x.size(1), "norm");
+  if (norm.numel()) mrla_check_small(norm, x, 4 * x.size(1), "norm");
   const int64_t b = x.size(0), c = x.size(1);
   Tensor grad_x = at::empty_like(x, fmt);
   Tensor grad_o_prev =
@@ -274,7 +264,7 @@ Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
   check_light_args(x, weight, gate, lambda, o_prev, fmt);
   if (grad.numel()) {
     mrla_check_map_like(grad, x, "x", fmt, "grad");
-    check_small(center, x, x.size(1), "center");
+    mrla_check_small(center, x, x.size(1), "center");
   }
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
               "got ", act);
@@ -299,9 +289,9 @@ std::vector<Tensor> mrla_light_norm_backward(Tensor grad_out, Tensor x,
   check_light_args(x, weight, gate, lambda, o_prev, fmt);
   mrla_check_map_like(grad_out, x, "x", fmt, "grad_out");
   const int64_t b = x.size(0), c = x.size(1);
-  check_small(gamma, x, c, "gamma");
-  check_small(mean, x, c, "mean");
-  check_small(invstd, x, c, "invstd");
+  mrla_check_small(gamma, x, c, "gamma");
+  mrla_check_small(mean, x, c, "mean");
+  mrla_check_small(invstd, x, c, "invstd");
   TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
               "got ", act);
   Tensor grad_x = at::empty_like(x, fmt);

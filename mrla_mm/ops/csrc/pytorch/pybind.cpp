@@ -31,6 +31,7 @@ std::vector<Tensor> mrla_base_backward(Tensor grad_out, Tensor weights,
                                        std::vector<Tensor> values,
                                        std::vector<bool> want_values);
 std::vector<Tensor> residual_relu_pool(Tensor residual, Tensor identity,
+                                       Tensor scale, Tensor shift,
                                        bool inplace);
 Tensor residual_relu_pool_backward(Tensor grad_out, Tensor grad_mean,
                                    Tensor out);
@@ -76,8 +77,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "MRLA-base readout backward", py::arg("grad_out"), py::arg("weights"),
         py::arg("values"), py::arg("want_values"));
   m.def("residual_relu_pool", &residual_relu_pool,
-        "relu(residual + identity) and its channel means",
-        py::arg("residual"), py::arg("identity"), py::arg("inplace"));
+        "relu(residual (* scale + shift) + identity) and its channel means",
+        py::arg("residual"), py::arg("identity"), py::arg("scale"),
+        py::arg("shift"), py::arg("inplace"));
   m.def("residual_relu_pool_backward", &residual_relu_pool_backward,
         "Gradient of residual_relu_pool's input from its out and means",
         py::arg("grad_out"), py::arg("grad_mean"), py::arg("out"));

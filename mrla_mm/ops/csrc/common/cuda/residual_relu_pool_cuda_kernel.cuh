@@ -7,18 +7,25 @@
 #include "residual_relu_pool.hpp"
 
 // Over tiles of the planes (MRLATiling): out elementwise, and the tile's
-// sum of out; mrla_sum_slices makes the means.
+// sum of out; mrla_sum_slices makes the means. scale and shift (null
+// without a folded norm) act on the residual first.
 template <typename T, typename A, bool CL>
 __global__ void residual_relu_pool_cuda_kernel(const T* residual,
-                                               const T* identity, T* out,
+                                               const T* identity,
+                                               const A* scale,
+                                               const A* shift, T* out,
                                                A* part, MRLATiling tiling) {
   const MRLATile t = mrla_tile<CL>(tiling);
   const int H = tiling.H, W = tiling.W;
   const MRLAPlane p = mrla_plane<CL>(t.b, t.active ? t.c : 0, tiling.C, H, W);
+  const A s = scale ? scale[t.active ? t.c : 0] : A(1);
+  const A h = scale ? shift[t.active ? t.c : 0] : A(0);
   A sum = 0;
   for (int i = t.first; t.active && i < t.end; i += t.step) {
     const int64_t off = p.base + i * p.pix;
-    const T v = mrla_add_relu<T, A>(residual[off], identity[off]);
+    const T v = scale ? mrla_affine_add_relu<T, A>(residual[off], s, h,
+                                                   identity[off])
+                      : mrla_add_relu<T, A>(residual[off], identity[off]);
     out[off] = v;
     sum += static_cast<A>(v);
   }

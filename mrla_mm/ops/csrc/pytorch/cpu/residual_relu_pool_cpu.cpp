@@ -1,5 +1,5 @@
-// Residual add, ReLU and channel means on the CPU, one pass over the map;
-// its backward, one pass too.
+// Residual add (after an optional folded norm), ReLU and channel means on
+// the CPU, one pass over the map; its backward, one pass too.
 //
 // Contiguous maps: one (b, c) plane at a time. channels_last maps: tiles
 // of one sample and a block of channels, so each channel's sum stays in
@@ -16,14 +16,19 @@
 
 namespace {
 
-template <typename T>
+// With Affine, the residual is first scaled and shifted per channel: an
+// eval-mode BatchNorm folded in.
+template <typename T, bool Affine>
 void residual_relu_pool(const Tensor& residual, const Tensor& identity,
-                        Tensor& out, Tensor& mean) {
+                        const Tensor& scale, const Tensor& shift, Tensor& out,
+                        Tensor& mean) {
   using A = at::opmath_type<T>;
   const int64_t b = residual.size(0), c = residual.size(1);
   const int64_t hw = residual.size(2) * residual.size(3);
   const T* rp = residual.const_data_ptr<T>();
   const T* ip = identity.const_data_ptr<T>();
+  const A* sc = Affine ? scale.const_data_ptr<A>() : nullptr;
+  const A* sh = Affine ? shift.const_data_ptr<A>() : nullptr;
   T* op = out.mutable_data_ptr<T>();
   T* mp = mean.mutable_data_ptr<T>();
   const A inv = A(1) / A(hw);
@@ -34,10 +39,13 @@ void residual_relu_pool(const Tensor& residual, const Tensor& identity,
         const T* r = rp + p * hw;
         const T* id = ip + p * hw;
         T* o = op + p * hw;
+        const A s = Affine ? sc[p % c] : A(1), t = Affine ? sh[p % c] : A(0);
         A sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < hw; ++i) {
-          const T v = mrla_add_relu<T, A>(r[i], id[i]);
+          const T v =
+              Affine ? mrla_affine_add_relu<T, A>(r[i], s, t, id[i])
+                     : mrla_add_relu<T, A>(r[i], id[i]);
           o[i] = v;
           sum += A(v);
         }
@@ -57,7 +65,10 @@ void residual_relu_pool(const Tensor& residual, const Tensor& identity,
       for (int64_t i = 0; i < hw; ++i) {
         const int64_t off = (n * hw + i) * c + c0;
         for (int64_t ch = 0; ch < cc; ++ch) {
-          const T v = mrla_add_relu<T, A>(rp[off + ch], ip[off + ch]);
+          const T v = Affine ? mrla_affine_add_relu<T, A>(
+                                   rp[off + ch], sc[c0 + ch], sh[c0 + ch],
+                                   ip[off + ch])
+                             : mrla_add_relu<T, A>(rp[off + ch], ip[off + ch]);
           op[off + ch] = v;
           sum[ch] += A(v);
         }
@@ -127,11 +138,19 @@ void residual_relu_pool_backward(const Tensor& grad_out,
 }  // namespace
 
 void residual_relu_pool_cpu(const Tensor residual, const Tensor identity,
+                            const Tensor scale, const Tensor shift,
                             Tensor out, Tensor mean) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, residual.scalar_type(),
-      "residual_relu_pool_cpu",
-      [&] { residual_relu_pool<scalar_t>(residual, identity, out, mean); });
+      "residual_relu_pool_cpu", [&] {
+        if (scale.numel()) {
+          residual_relu_pool<scalar_t, true>(residual, identity, scale, shift,
+                                             out, mean);
+        } else {
+          residual_relu_pool<scalar_t, false>(residual, identity, scale,
+                                              shift, out, mean);
+        }
+      });
 }
 
 void residual_relu_pool_backward_cpu(const Tensor grad_out,
@@ -145,6 +164,7 @@ void residual_relu_pool_backward_cpu(const Tensor grad_out,
 }
 
 void residual_relu_pool_impl(const Tensor residual, const Tensor identity,
+                             const Tensor scale, const Tensor shift,
                              Tensor out, Tensor mean);
 void residual_relu_pool_backward_impl(const Tensor grad_out,
                                       const Tensor grad_mean, const Tensor out,

@@ -31,7 +31,9 @@ void MRLABaseBackwardCUDAKernelLauncher(const Tensor grad_out,
                                         std::vector<Tensor> grad_values,
                                         Tensor grad_weights_part);
 void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
-                                        const Tensor identity, Tensor out,
+                                        const Tensor identity,
+                                        const Tensor scale,
+                                        const Tensor shift, Tensor out,
                                         Tensor mean);
 void ResidualReluPoolBackwardCUDAKernelLauncher(const Tensor grad_out,
                                                 const Tensor grad_mean,
@@ -89,6 +91,7 @@ void mrla_base_backward_impl(const Tensor grad_out, const Tensor weights,
                              std::vector<Tensor> grad_values,
                              Tensor grad_weights_part);
 void residual_relu_pool_impl(const Tensor residual, const Tensor identity,
+                             const Tensor scale, const Tensor shift,
                              Tensor out, Tensor mean);
 void residual_relu_pool_backward_impl(const Tensor grad_out,
                                       const Tensor grad_mean, const Tensor out,

@@ -1,12 +1,14 @@
-// Launchers of the fused residual add, ReLU and channel mean on CUDA, and
-// of its backward.
+// Launchers of the fused residual add (after an optional folded norm), ReLU
+// and channel mean on CUDA, and of its backward.
 #include <ATen/OpMathType.h>
 
 #include "pytorch_cuda_helper.hpp"
 #include "residual_relu_pool_cuda_kernel.cuh"
 
 void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
-                                        const Tensor identity, Tensor out,
+                                        const Tensor identity,
+                                        const Tensor scale,
+                                        const Tensor shift, Tensor out,
                                         Tensor mean) {
   at::cuda::CUDAGuard device_guard(residual.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -26,6 +28,8 @@ void ResidualReluPoolCUDAKernelLauncher(const Tensor residual,
         kernel<<<mrla_tile_blocks(tiling, B), kMRLAThreads, 0, stream>>>(
             residual.const_data_ptr<scalar_t>(),
             identity.const_data_ptr<scalar_t>(),
+            scale.numel() ? scale.const_data_ptr<A>() : nullptr,
+            shift.numel() ? shift.const_data_ptr<A>() : nullptr,
             out.mutable_data_ptr<scalar_t>(), part.mutable_data_ptr<A>(),
             tiling);
         AT_CUDA_CHECK(cudaGetLastError());
