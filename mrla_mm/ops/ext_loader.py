@@ -170,3 +170,13 @@ def map_format(x: torch.Tensor) -> torch.memory_format:
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
     """Dtype of the small operands and of the accumulation."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def small_operand(t: Optional[torch.Tensor],
+                  x: torch.Tensor) -> torch.Tensor:
+    """``t`` (a per-channel vector such as a folded norm's scale) as the
+    kernels take it next to map ``x``: flat, contiguous, in the
+    accumulation dtype, out of autograd; an empty tensor for None."""
+    if t is None:
+        return x.new_empty(0, dtype=acc_dtype(x))
+    return t.detach().to(acc_dtype(x)).reshape(-1).contiguous()

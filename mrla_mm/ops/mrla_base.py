@@ -11,6 +11,7 @@ from .ext_loader import (
     load_ext,
     map_format,
     needs_autograd,
+    small_operand,
     use_compiled,
 )
 from .mrla_math import base_combine, base_weights, channel_affine
@@ -132,13 +133,9 @@ def mrla_base_readout(q: Tensor,
 def _fused_inference(weights, values, scale, shift, residual):
     """Readout, folded norm, ReLU and residual in one pass, no autograd."""
     w, vals = _kernel_operands(weights, values)
-
-    def small(t):
-        return w.new_empty(0) if t is None else t.detach().to(
-            w.dtype).reshape(-1).contiguous()
-
     res = w.new_empty(0, dtype=vals[0].dtype) if residual is None else (
         residual.detach().to(vals[0].dtype).contiguous(
             memory_format=map_format(vals[0])))
-    return load_ext().mrla_base_forward(w, vals, small(scale), small(shift),
-                                        res)
+    return load_ext().mrla_base_forward(w, vals,
+                                        small_operand(scale, vals[0]),
+                                        small_operand(shift, vals[0]), res)

@@ -11,6 +11,7 @@ from .ext_loader import (
     load_ext,
     map_format,
     needs_autograd,
+    small_operand,
     use_compiled,
 )
 from .mrla_math import channel_affine, light_combine, mrla_value
@@ -152,12 +153,7 @@ def mrla_light_core(x: Tensor,
 def _fused_inference(x, value_weight, gate, lambda_t, o_prev, value_act,
                      scale, shift, add_input):
     """The whole expression in one pass, without autograd."""
-    empty = x.new_empty(0, dtype=acc_dtype(x))
-
-    def small(t):
-        return empty if t is None else t.detach().to(empty.dtype).reshape(
-            -1).contiguous()
-
     return load_ext().mrla_light_forward(
         *_kernel_operands(x, value_weight, gate, lambda_t, o_prev),
-        small(scale), small(shift), ACT_CODES[value_act], add_input)
+        small_operand(scale, x), small_operand(shift, x),
+        ACT_CODES[value_act], add_input)

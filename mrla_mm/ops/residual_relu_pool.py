@@ -15,10 +15,10 @@ from torch.autograd import Function
 
 from .checks import check_folded_norm
 from .ext_loader import (
-    acc_dtype,
     load_ext,
     map_format,
     needs_autograd,
+    small_operand,
     use_compiled,
 )
 from .mrla_math import channel_affine, channel_descriptor
@@ -30,16 +30,11 @@ def _compiled_forward(residual: Tensor,
                       scale: Optional[Tensor] = None,
                       shift: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     fmt = map_format(residual)
-    acc = acc_dtype(residual)
-
-    def small(t):
-        return residual.new_empty(0, dtype=acc) if t is None else t.detach(
-        ).to(acc).reshape(-1).contiguous()
-
     return load_ext().residual_relu_pool(
         residual.contiguous(memory_format=fmt),
         identity.to(residual.dtype).contiguous(memory_format=fmt),
-        small(scale), small(shift), inplace)
+        small_operand(scale, residual), small_operand(shift, residual),
+        inplace)
 
 
 class ResidualReluPoolFunction(Function):

@@ -200,10 +200,10 @@ class MRLABlockMixin:
                 getattr(self, self.last_norm), out,
                 'residual_relu_pool') if self.tail_is_norm else None
             if folded is None:
-                out, folded = self.residual_tail(out), (None, None)
+                out = self.residual_tail(out)
+            scale, shift = folded or (None, None)
             out, descriptor = residual_relu_pool(
-                out, identity, inplace=True, scale=folded[0],
-                shift=folded[1])
+                out, identity, inplace=True, scale=scale, shift=shift)
             return out, identity, descriptor
         out = self.residual(x)
         out += identity

@@ -58,14 +58,8 @@ Tensor mrla_base_forward(Tensor weights, std::vector<Tensor> values,
   const auto fmt = check_base_args(weights, values);
   const Tensor& v0 = values[0];
   if (scale.numel() || shift.numel()) {
-    const int64_t c = v0.size(1);
-    for (const Tensor* t : {&scale, &shift}) {
-      TORCH_CHECK(t->scalar_type() == weights.scalar_type() &&
-                      t->is_contiguous() && t->numel() == c,
-                  "scale and shift must be contiguous ",
-                  weights.scalar_type(), " tensors of C=", c,
-                  " elements, got shape ", t->sizes());
-    }
+    mrla_check_small(scale, v0, v0.size(1), "scale");
+    mrla_check_small(shift, v0, v0.size(1), "shift");
   }
   if (residual.numel()) {
     mrla_check_map_like(residual, v0, "values[0]", fmt, "residual");
