@@ -47,7 +47,8 @@ def test_base_flops_count_the_readout(counts):
     assert abs(counts['base']['flops'] / 1e9 - 4.433) < 0.001
 
 
-def test_light_delta(counts):
+def test_light_counts(counts):
+    assert abs(counts['light']['flops'] / 1e9 - 4.178) < 0.001
     assert counts['light']['params'] - counts['plain']['params'] == 181_420
     delta = (counts['light']['flops'] - counts['plain']['flops']) / 1e9
     assert abs(delta - 0.066) <= 0.005

@@ -47,7 +47,8 @@ def test_eval_float32(case):
     refs = R.resnet_mrla(x, _f64(sd), mode, training=False)
     for out, ref in zip(outs, refs):
         assert out.shape == ref.shape
-        assert rel_err(out, ref) <= 1e-5
+        # Measured at most 7.3e-7 (light and base, stages 1-4).
+        assert rel_err(out, ref) <= 5e-6
 
 
 @pytest.mark.parametrize('training', [False, True])
@@ -78,6 +79,8 @@ def test_train_float32_per_stage(case):
     stage_in = model.maxpool(stem_in)
     for s in range(4):
         out = getattr(model, f'layer{s + 1}')(stage_in)
+        # Measured at most 3.1e-6 (stage 4; batch statistics of a 2x2
+        # map): no tighter bound holds across thread counts.
         assert rel_err(out, refs[s]) <= 1e-5, f'stage {s + 1}'
         stage_in = refs[s].float()
     assert len(refs) == len(depths)

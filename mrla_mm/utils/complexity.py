@@ -1,10 +1,12 @@
 """Parameter and FLOP counts through mmengine's analysis (fvcore-style).
 
 FLOPs count one multiply-add as one FLOP, as mmengine's counter does;
-elementwise ops (gates, additions, activations) are not counted. The one
-exception is MRLA-base's readout, a weighted sum over the cached values:
-the reference computes it with an einsum, which mmengine counts, so it is
-added here as one multiply-add per cached value element.
+elementwise ops (gates, additions, activations) are not counted. Two
+products are added by hand because the reference computes them with
+matrix products, which mmengine counts, while our composition multiplies
+elementwise: MRLA-base's readout, a weighted sum over the cached values
+(one multiply-add per cached value element), and MRLA-light's head scores
+``Q . K`` (one multiply-add per channel and sample).
 """
 import os
 from contextlib import contextmanager
@@ -14,7 +16,7 @@ import torch
 import torch.nn as nn
 from mmengine.analysis import get_model_complexity_info
 
-from mrla_mm.models.layers import MRLABase
+from mrla_mm.models.layers import MRLABase, MRLALight
 
 
 class _DetectorTensorForward(nn.Module):
@@ -72,6 +74,13 @@ def _base_readout_flops(model: nn.Module, inputs: tuple) -> int:
     return total[0]
 
 
+def _light_score_flops(model: nn.Module, batch: int) -> int:
+    """Multiply-adds of every MRLA-light ``Q . K`` in one forward pass
+    (each light layer runs once per pass)."""
+    return batch * sum(m.channels for m in model.modules()
+                       if isinstance(m, MRLALight))
+
+
 def model_complexity(model: nn.Module,
                      shape: Sequence[int] = (224, 224),
                      part: str = 'model') -> dict:
@@ -101,7 +110,8 @@ def model_complexity(model: nn.Module,
     with torch.no_grad(), _pytorch_ops():
         info = get_model_complexity_info(
             model, inputs=inputs, show_table=False, show_arch=False)
-        flops = int(info['flops']) + _base_readout_flops(model, inputs)
+        flops = (int(info['flops']) + _base_readout_flops(model, inputs) +
+                 _light_score_flops(model, len(inputs[0])))
     return dict(
         params=int(info['params']),
         flops=flops,
