@@ -87,17 +87,14 @@ def test_coco_config_settings(path):
         variant == 'mrlab')
 
 
-@pytest.fixture
-def placeholder_checkpoints(tmp_path, monkeypatch):
-    """Run from a folder holding an empty file at every local init_cfg
-    checkpoint path of the configs."""
-    for path in ALL_CONFIGS:
-        init_cfg = load(path).model.backbone.get('init_cfg') or {}
-        checkpoint = init_cfg.get('checkpoint')
-        if checkpoint and '://' not in checkpoint:
-            (tmp_path / checkpoint).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / checkpoint).touch()
-    monkeypatch.chdir(tmp_path)
+def placeholder_checkpoint(cfg, folder):
+    """An empty file at the config's local init_cfg checkpoint path in
+    ``folder``."""
+    init_cfg = cfg.model.backbone.get('init_cfg') or {}
+    checkpoint = init_cfg.get('checkpoint')
+    if checkpoint and '://' not in checkpoint:
+        (folder / checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        (folder / checkpoint).touch()
 
 
 @pytest.fixture
@@ -173,8 +170,10 @@ def _mrla_params(model, stage):
 
 
 @pytest.mark.parametrize('path', ALL_CONFIGS)
-def test_config_builds_and_runs(path, placeholder_checkpoints):
+def test_config_builds_and_runs(path, tmp_path, monkeypatch):
     cfg = load(path)
+    placeholder_checkpoint(cfg, tmp_path)
+    monkeypatch.chdir(tmp_path)
     model = MODELS.build(cfg.model)
     assert isinstance(model.backbone, MRLAResNet)
     layer_type = dict(MRLALight=MRLALight,

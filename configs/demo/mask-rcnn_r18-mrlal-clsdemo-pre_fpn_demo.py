@@ -26,7 +26,10 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         mrla_cfg=dict(type='MRLALight', dim_per_head=16),
         init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+            _delete_=True,
+            type='Pretrained',
+            checkpoint=pretrained,
+            prefix='backbone.')),
     neck=dict(in_channels=[16, 32, 64, 128], num_outs=5),
     rpn_head=dict(anchor_generator=dict(strides=strides + [64])),
     roi_head=dict(
