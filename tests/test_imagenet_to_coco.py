@@ -15,8 +15,13 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from test_det_tools import BATCH, ITERS_PER_EPOCH, NUM_TRAIN, NUM_VAL, \
-    TINY_CONFIG
+from test_det_tools import (
+    BATCH,
+    ITERS_PER_EPOCH,
+    NUM_TRAIN,
+    NUM_VAL,
+    TINY_CONFIG,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLS_CFG = 'configs/mrla_cls/resnet18-mrlal_demo_folder.py'
@@ -114,9 +119,11 @@ def test_imagenet_checkpoint_starts_the_detector(data, tmp_path,
             super().__init__(*args, **kwargs)
             self.register_hook(recorder)
 
+    # (No validation while training: tools/test.py evaluates below.)
     run_tool('tools/train.py', [
         det_cfg, '--work-dir', det_work, '--cfg-options',
-        f'model.backbone.init_cfg.checkpoint={pretrained}'
+        f'model.backbone.init_cfg.checkpoint={pretrained}',
+        'train_cfg.val_interval=2'
     ], monkeypatch, runner=RecordingRunner)
     # Before the first step the detector's backbone is the classifier's,
     # every entry, MRLA included; the classifier's head was left out.
@@ -151,3 +158,25 @@ def test_imagenet_checkpoint_starts_the_detector(data, tmp_path,
                        weights_only=False)['state_dict']
     assert weights.keys() == saved.keys()
     assert all(torch.equal(weights[k], v) for k, v in saved.items())
+
+
+def test_test_tool_needs_no_imagenet_file(tmp_path, monkeypatch):
+    """tools/test.py drops the backbone's Pretrained init_cfg: the tested
+    checkpoint brings every weight."""
+    import argparse
+
+    from mmdet.registry import MODELS
+    spec = importlib.util.spec_from_file_location(
+        'mrla_tool_test', osp.join(ROOT, 'tools', 'test.py'))
+    test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test)
+    (tmp_path / 'detector.pth').touch()
+    monkeypatch.chdir(tmp_path)
+    cfg = test.build_config(argparse.Namespace(
+        config=osp.join(ROOT, 'configs', 'mask_rcnn',
+                        'mask-rcnn_r50-mrlab_fpn_1x_coco.py'),
+        checkpoint='detector.pth', work_dir=None, out=None, show=False,
+        show_dir=None, wait_time=2, launcher='none', cfg_options=None))
+    assert cfg.model.backbone.init_cfg is None
+    assert cfg.load_from == 'detector.pth'
+    MODELS.build(cfg.model.backbone)

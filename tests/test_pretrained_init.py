@@ -283,9 +283,10 @@ def test_partial_mrla_is_an_error_and_nothing_is_loaded(tmp_path):
     model = MRLAResNet(mrla_cfg=LIGHT, **SMALL)
     model.init_weights()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CheckpointError,
-                       match=r"4 backbone key\(s\) not in the checkpoint, "
-                       r"first 'layer3.1.bn_mrla.weight' \(backbone \(64,\)\)"):
+    with pytest.raises(
+            CheckpointError,
+            match=r"4 backbone key\(s\) not in the checkpoint, first "
+            r"'layer3.1.bn_mrla.weight' \(backbone \(64,\)\)"):
         pretrained_init.load_pretrained_backbone(model, str(path))
     assert all(torch.equal(v, before[k])
                for k, v in model.state_dict().items())
