@@ -164,7 +164,6 @@ def test_resnet_without_mrla_starts_branches_as_identity(
     """torchvision://resnet18 (read from the local torch cache): the MRLA
     backbone computes exactly torchvision's ResNet-18, in eval and train
     mode; the MRLA layers keep their own initialisation."""
-    from mmengine.runner.checkpoint import get_torchvision_models
     net = torchvision.models.resnet18()
     net.load_state_dict(randomize(net.state_dict()))
     # Running statistics of real activations keep eval outputs O(1).
@@ -176,7 +175,8 @@ def test_resnet_without_mrla_starts_branches_as_identity(
         net(torch.randn(8, 3, 64, 64))
     cache = tmp_path / 'torch' / 'hub' / 'checkpoints'
     cache.mkdir(parents=True)
-    url = get_torchvision_models()['resnet18']
+    # The file mmengine's torchvision://resnet18 names.
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     torch.save(net.state_dict(), cache / url.split('/')[-1])
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
 
