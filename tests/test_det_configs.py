@@ -1,8 +1,10 @@
 """Every detection config builds and runs one loss and one predict step.
 
-The configs' pretrained checkpoints are placeholders for converted authors'
-weights: the models are built without ``init_weights``, so nothing is
-loaded, and the test checks where ``init_cfg`` points instead.
+The COCO configs start from ImageNet checkpoints that are not in the
+repository: the models are built, without ``init_weights``, next to empty
+files of those names, and the test checks where ``init_cfg`` points. Without
+the files every COCO config stops while building its model, before any
+dataset, saying how to make them (see also tests/test_pretrained_init.py).
 """
 import glob
 import os.path as osp
@@ -67,13 +69,99 @@ def test_coco_config_settings(path):
     assert backbone.mrla_drop_path == 0
     assert backbone.frozen_stages == 1 and backbone.norm_eval
     assert backbone.init_cfg.type == 'Pretrained'
+    assert backbone.init_cfg.prefix == 'backbone.'
     assert backbone.init_cfg.checkpoint == (
         f'checkpoints/resnet{depth}_{variant}_in1k_mmdet.pth')
-    # The comment block names the converter that makes that file.
+    # The comment block says how to make that file (train the ImageNet
+    # config or convert the authors' checkpoint), and what else fits.
     with open(osp.join(ROOT, path)) as f:
         header = f.read().split('_base_')[0]
+    assert (f'python tools/train.py configs/mrla_cls/resnet{depth}-'
+            f'{variant}_8xb32_in1k.py') in header
     assert 'mrla_to_mmdet.py' in header
     assert backbone.init_cfg.checkpoint in header
+    assert 'stops while building the model, before any' in header
+    assert (f'model.backbone.init_cfg.checkpoint=torchvision://resnet{depth}'
+            in header)
+    assert ('model.backbone.deep_stem=False' in header) == (
+        variant == 'mrlab')
+
+
+def placeholder_checkpoint(cfg, folder):
+    """An empty file at the config's local init_cfg checkpoint path in
+    ``folder``."""
+    init_cfg = cfg.model.backbone.get('init_cfg') or {}
+    checkpoint = init_cfg.get('checkpoint')
+    if checkpoint and '://' not in checkpoint:
+        (folder / checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        (folder / checkpoint).touch()
+
+
+@pytest.fixture
+def dataset_builds(monkeypatch):
+    """The datasets built from now on (mmengine's and mmdet's registry)."""
+    from mmdet.registry import DATASETS
+    built = []
+    build = DATASETS.build
+    monkeypatch.setattr(DATASETS, 'build',
+                        lambda cfg, *a, **k: built.append(cfg) or build(
+                            cfg, *a, **k))
+    return built
+
+
+@pytest.mark.parametrize('path', COCO_CONFIGS)
+def test_coco_config_without_checkpoint_stops_before_data(
+        path, tmp_path, monkeypatch, dataset_builds):
+    """What `python tools/train.py CONFIG` does without the ImageNet file:
+    the Runner stops while building the model (its datasets come later, in
+    train()), naming the config key, the path and how to make the file."""
+    from mmengine.runner import Runner
+    monkeypatch.chdir(tmp_path)
+    cfg = load(path)
+    cfg.work_dir = str(tmp_path / 'work')
+    with pytest.raises(FileNotFoundError) as error:
+        Runner.from_cfg(cfg)
+    message = str(error.value)
+    checkpoint = cfg.model.backbone.init_cfg.checkpoint
+    assert message.startswith(
+        f"model.backbone.init_cfg.checkpoint='{checkpoint}': no such file")
+    assert 'python tools/train.py configs/mrla_cls/' in message
+    assert 'python tools/model_converters/mrla_to_mmdet.py' in message
+    assert not dataset_builds
+
+
+def documented_cfg_options(path):
+    """The --cfg-options a config's header gives for starting without the
+    ImageNet MRLA file, parsed as tools/train.py parses them."""
+    import argparse
+
+    from mmengine.config import DictAction
+    with open(osp.join(ROOT, path)) as f:
+        header = f.read().split('_base_')[0]
+    text = header.split('--cfg-options', 1)[1]
+    tokens = text.replace('#', ' ').replace('\\', ' ').split()
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(['--cfg-options', *tokens]).cfg_options
+
+
+@pytest.mark.parametrize('path', COCO_CONFIGS)
+def test_documented_start_without_mrla_weights_builds(path, tmp_path,
+                                                       monkeypatch):
+    """The header's override (torchvision's ResNet; for MRLA-base also the
+    plain stem) builds the backbone with no file around: torchvision's
+    weights are fetched when the weights are initialised."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load(path)
+    options = documented_cfg_options(path)
+    depth = cfg.model.backbone.depth
+    assert options['model.backbone.init_cfg.checkpoint'] == (
+        f'torchvision://resnet{depth}')
+    cfg.merge_from_dict(options)
+    backbone = MODELS.build(cfg.model.backbone)
+    assert backbone.init_cfg['checkpoint'] == f'torchvision://resnet{depth}'
+    deep_stem = cfg.model.backbone.get('deep_stem', False)
+    assert hasattr(backbone, 'stem') == deep_stem
 
 
 def _mrla_params(model, stage):
@@ -82,8 +170,10 @@ def _mrla_params(model, stage):
 
 
 @pytest.mark.parametrize('path', ALL_CONFIGS)
-def test_config_builds_and_runs(path):
+def test_config_builds_and_runs(path, tmp_path, monkeypatch):
     cfg = load(path)
+    placeholder_checkpoint(cfg, tmp_path)
+    monkeypatch.chdir(tmp_path)
     model = MODELS.build(cfg.model)
     assert isinstance(model.backbone, MRLAResNet)
     layer_type = dict(MRLALight=MRLALight,

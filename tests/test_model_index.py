@@ -13,6 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mrla_mm  # noqa: F401
+from mrla_mm.models import skip_backbone_pretrained
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Config folders that are not model-zoo families; in a family folder,
@@ -91,6 +92,8 @@ def build_model(cfg):
         from mmpretrain.registry import MODELS as registry
     else:
         from mmdet.registry import MODELS as registry
+    # Counting parameters needs no weights (nor the ImageNet file).
+    skip_backbone_pretrained(cfg.model)
     return registry.build(cfg.model)
 
 

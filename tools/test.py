@@ -27,6 +27,7 @@ from mmengine.runner import Runner
 
 import mrla_mm  # noqa: F401  registers the MRLA modules
 from mrla_mm.engine import close_process_group, setup_cpu_distributed
+from mrla_mm.models import skip_backbone_pretrained
 
 
 def parse_args():
@@ -84,6 +85,8 @@ def build_config(args) -> Config:
     # every iteration: only an absolute work_dir keeps the path fixed.
     cfg.work_dir = osp.abspath(cfg.work_dir)
     cfg.load_from = args.checkpoint
+    # The tested checkpoint holds every weight.
+    skip_backbone_pretrained(cfg.model)
     if args.show or args.show_dir:
         hook = cfg.default_hooks.get('visualization')
         if hook is None:

@@ -5,6 +5,8 @@
 # AdamW, cosine schedule; MRLA-light with d = 32 after every basic block.
 #   python tools/misc/make_cls_demo_dataset.py data/cls_demo
 #   python tools/train.py configs/mrla_cls/resnet18-mrlal_demo_folder.py
+# Its checkpoint starts the backbone of
+# configs/demo/mask-rcnn_r18-mrlal-clsdemo-pre_fpn_demo.py.
 _base_ = [
     'mmpretrain::_base_/models/resnet18.py',
     'mmpretrain::_base_/default_runtime.py'

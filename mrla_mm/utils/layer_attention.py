@@ -430,7 +430,9 @@ def build_model_from_checkpoint(config: str, checkpoint: str,
     from mmengine.registry import init_default_scope
     from mmengine.runner.checkpoint import _load_checkpoint
 
+    from mrla_mm.models import skip_backbone_pretrained
     cfg = Config.fromfile(config)
+    skip_backbone_pretrained(cfg.model)  # the checkpoint brings the weights
     scope = cfg.get('default_scope', 'mmdet')
     init_default_scope(scope)
     if scope == 'mmpretrain':

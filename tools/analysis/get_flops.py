@@ -12,6 +12,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 
 import mrla_mm  # noqa: F401  registers the MRLA modules
+from mrla_mm.models import skip_backbone_pretrained
 from mrla_mm.utils.complexity import model_complexity
 
 
@@ -47,6 +48,7 @@ def main():
         from mmpretrain.registry import MODELS
     else:
         from mmdet.registry import MODELS
+    skip_backbone_pretrained(cfg.model)  # counting needs no weights
     model = MODELS.build(cfg.model)
     info = model_complexity(model, shape, args.part)
     print(f'{args.config} ({args.part}, input 1x3x{shape[0]}x{shape[1]})\n'

@@ -13,10 +13,17 @@ from .mrla_resnet_cls import (
 )
 from .mrla_resnext import MRLAResNeXt, MRLAResNeXtBottleneck
 from .mrla_vit import MRLATokenBranch, MRLAVisionTransformer
+from .pretrained_init import (
+                          PretrainedInitMixin,
+                          load_pretrained_backbone,
+                          skip_backbone_pretrained,
+)
 
 __all__ = [
     'MRLABasicBlock', 'MRLABlockMixin', 'MRLABottleneck', 'MRLAClsBasicBlock',
     'MRLAClsBottleneck', 'MRLAClsResLayer', 'MRLAClsResNet', 'MRLAResLayer',
     'MRLAResNeXt', 'MRLAResNeXtBottleneck', 'MRLAResNet', 'MRLATokenBranch',
-    'MRLAVisionTransformer', 'mrla_stage_forward'
+    'MRLAVisionTransformer', 'PretrainedInitMixin',
+    'load_pretrained_backbone', 'mrla_stage_forward',
+    'skip_backbone_pretrained'
 ]

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from mrla_mm.registry import DET_MODELS
 from .mrla_block import MRLABlockMixin, mrla_stage_forward
+from .pretrained_init import PretrainedInitMixin
 
 
 class MRLABasicBlock(MRLABlockMixin, BasicBlock):
@@ -49,13 +50,14 @@ class MRLAResLayer(ResLayer):
     forward = mrla_stage_forward
 
 
-class MRLAResNetMixin:
+class MRLAResNetMixin(PretrainedInitMixin):
     """What turns an mmdet ResNet-family backbone into an MRLA one.
 
     A subclass lists MRLA blocks in ``arch_settings``; this mixin passes
-    ``mrla_cfg`` to them, builds stages that share the base cache, and
-    keeps mmdet's default zero init of the last norm of every residual
-    branch (mmdet only recognises its own block classes for that).
+    ``mrla_cfg`` to them, builds stages that share the base cache, keeps
+    mmdet's default zero init of the last norm of every residual branch
+    (mmdet only recognises its own block classes for that), and loads a
+    ``Pretrained`` ``init_cfg`` strictly (:class:`PretrainedInitMixin`).
     """
 
     def __init__(self,
@@ -67,8 +69,13 @@ class MRLAResNetMixin:
         self.mrla_cfg = mrla_cfg
         self.mrla_drop_path = mrla_drop_path
         self.mrla_recompute_input = mrla_recompute_input
+        pretrained = kwargs.get('pretrained')
+        self.check_pretrained_file(
+            kwargs.get('init_cfg') if pretrained is None else dict(
+                type='Pretrained', checkpoint=pretrained), depth, mrla_cfg,
+            kwargs.get('deep_stem', False))
         default_init = (kwargs.get('init_cfg') is None
-                        and kwargs.get('pretrained') is None)
+                        and pretrained is None)
         self._zero_init_last_norm = default_init and kwargs.get(
             'zero_init_residual', True)
         super().__init__(depth=depth, **kwargs)
@@ -96,6 +103,14 @@ class MRLAResNet(MRLAResNetMixin, ResNet):
     parameter names, so ImageNet ResNet checkpoints load with only the MRLA
     parameters missing. ``frozen_stages`` and ``norm_eval`` cover the MRLA
     parameters and norms of the stages they touch.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')``
+    loads strictly (:mod:`.pretrained_init`): a missing local file fails
+    when the backbone is built; a classifier checkpoint of
+    :class:`MRLAClsResNet` (``tools/train.py configs/mrla_cls/...``), a
+    converter output or a bare state dict load as they are; a checkpoint
+    without MRLA weights (an ImageNet ResNet) starts every MRLA branch as
+    the identity; any other mismatch is an error naming the key.
 
     Args:
         depth (int): Depth of the ResNet, from {18, 34, 50, 101, 152}.

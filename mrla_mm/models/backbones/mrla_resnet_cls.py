@@ -11,6 +11,7 @@ from torch import Tensor
 
 from mrla_mm.registry import CLS_MODELS
 from .mrla_block import MRLABlockMixin, mrla_stage_forward
+from .pretrained_init import PretrainedInitMixin
 
 
 class MRLAClsBlockMixin(MRLABlockMixin):
@@ -50,12 +51,14 @@ class MRLAClsResLayer(ResLayer):
 
 
 @CLS_MODELS.register_module(name='MRLAResNet')
-class MRLAClsResNet(ResNet):
+class MRLAClsResNet(PretrainedInitMixin, ResNet):
     """ResNet with MRLA after every residual block, for mmpretrain.
 
     Registered in mmpretrain's MODELS as ``MRLAResNet``. Accepts every
     argument of mmpretrain's :class:`ResNet` (``drop_path_rate`` included,
     which drops the residual branches) and keeps its parameter names.
+    A ``Pretrained`` ``init_cfg`` loads strictly, as in mmdet's
+    :class:`MRLAResNet` (:mod:`.pretrained_init`).
 
     Args:
         depth (int): Depth of the ResNet, from {18, 34, 50, 101, 152}.
@@ -90,6 +93,9 @@ class MRLAClsResNet(ResNet):
         self.mrla_cfg = mrla_cfg
         self.mrla_drop_path = mrla_drop_path
         self.mrla_recompute_input = mrla_recompute_input
+        self.check_pretrained_file(
+            kwargs.get('init_cfg'), depth, mrla_cfg,
+            kwargs.get('deep_stem', False))
         super().__init__(depth, **kwargs)
 
     def make_res_layer(self, **kwargs) -> MRLAClsResLayer:
