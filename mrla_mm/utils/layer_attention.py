@@ -292,13 +292,18 @@ def _short(name: str) -> str:
     return re.sub(r'(\.mrla)+$', '', name[len(group_name(name)) + 1:])
 
 
+def _layer_label(name: str) -> str:
+    """``layer1.2.mrla`` -> ``layer1.2``: the block or encoder layer."""
+    return re.sub(r'(\.mrla)+$', '', name)
+
+
 def _grid(n: int, max_cols: int = 4):
     cols = min(n, max_cols)
     return (n + cols - 1) // cols, cols
 
 
-# A panel of at most this many cells shows each cell's value.
-MAX_ANNOTATED_CELLS = 64
+# A panel of at most this many rows and columns shows each cell's value.
+MAX_ANNOTATED_SIDE = 8
 # At most this many tick labels on a head axis.
 MAX_HEAD_TICKS = 16
 
@@ -324,7 +329,7 @@ def _panel(ax, values, norm, cmap: str):
     import numpy as np
     image = ax.imshow(values, norm=norm, cmap=cmap, aspect='auto',
                       interpolation='nearest')
-    if values.size <= MAX_ANNOTATED_CELLS:
+    if max(values.shape) <= MAX_ANNOTATED_SIDE:
         colours = image.cmap(norm(values))
         for (r, c), v in np.ndenumerate(values):
             if np.isnan(v):
@@ -354,7 +359,7 @@ def layer_attention_figures(result: LayerAttention,
     Every panel of a figure shares one colour scale, fixed to the range of
     its quantity (softmax weights and gates 0-1, ``|lambda|`` see
     :func:`lambda_colour_range`), with one colour bar; panels of at most
-    :data:`MAX_ANNOTATED_CELLS` cells carry their values.
+    :data:`MAX_ANNOTATED_SIDE` rows and columns carry their values.
 
     Files: ``mrla_base_weights.png`` (one panel per group, querying layer
     by attended layer, mean over heads), with ``per_head`` also
@@ -392,7 +397,8 @@ def layer_attention_figures(result: LayerAttention,
             _head_ticks(ax.set_yticks, g.num_heads)
             ax.set_xlabel('attended layer', fontsize=7)
             ax.set_ylabel('head', fontsize=7)
-            ax.set_title(f'layer {g.name}.{_short(g.layers[t])}', fontsize=8)
+            ax.set_title(f'{_layer_label(g.layers[t])}: '
+                         f'{_count(g.num_heads, "head")}', fontsize=8)
         fig.colorbar(image, ax=axes, label='softmax weight', shrink=0.8)
         fig.suptitle(f'MRLA-base {g.name}: weights of each head '
                      f'({result.num_images} image(s))')
@@ -411,10 +417,10 @@ def layer_attention_figures(result: LayerAttention,
             values = getattr(g, attr).numpy()
             image = _panel(ax, values, norm, 'magma')
             ax.set_yticks(range(len(g.layers)),
-                          [_short(n) for n in g.layers], fontsize=7)
+                          [_layer_label(n) for n in g.layers], fontsize=7)
             _head_ticks(ax.set_xticks, values.shape[1])
             ax.set_xlabel('head')
-            ax.set_ylabel(f'layer of {g.name}')
+            ax.set_ylabel('MRLA layer')
             ax.set_title(f'{g.name}: {_count(len(g.layers), "layer")} x '
                          f'{_count(values.shape[1], "head")}', fontsize=9)
         fig.colorbar(image, ax=axes, label=label, shrink=0.8)
