@@ -351,13 +351,16 @@ def test_full_disk_leaves_nothing_and_says_why(trained, tmp_path,
     monkeypatch.setattr(os, 'write', write_until_full)
     out = tmp_path / 'releases'
     out.mkdir()
-    with pytest.raises(PublishError) as error:
-        publish_checkpoint(trained['src'], str(out / 'r18.pth'))
-    message = str(error.value)
-    assert re.search(rf'could not write {re.escape(str(out))}/r18-[0-9a-f]+'
-                     r'\.pth \(\d+ bytes\): \[Errno 28\] No space left on '
-                     'device; nothing was written', message), message
-    assert not list(out.iterdir())
+    for target in (out / 'r18.pth', out / 'new' / 'folders' / 'r18.pth'):
+        with pytest.raises(PublishError) as error:
+            publish_checkpoint(trained['src'], str(target))
+        message = str(error.value)
+        assert re.search(
+            rf'could not write {re.escape(str(target.parent))}/r18-[0-9a-f]+'
+            r'\.pth \(\d+ bytes\): \[Errno 28\] No space left on device; '
+            'nothing was written', message), message
+        # Neither the file nor a folder made for it is left.
+        assert not list(out.iterdir())
 
 
 def test_bare_state_dict_is_published(tmp_path):

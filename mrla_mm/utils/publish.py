@@ -200,6 +200,23 @@ def published_name(out_file: str, sha256: str) -> str:
     raise PublishError(f'sha256 {sha256!r} has no hex letter a-f')
 
 
+def _make_folders(folder: str) -> List[str]:
+    """Create ``folder`` and its missing parents; return the folders
+    created, deepest first, so that a failed publish can remove them."""
+    missing = []
+    while not osp.isdir(folder):
+        missing.append(folder)
+        folder = osp.dirname(folder)
+    for i, new in enumerate(reversed(missing)):
+        try:
+            os.mkdir(new)
+        except OSError as e:
+            for made in missing[len(missing) - i:]:
+                os.rmdir(made)
+            raise PublishError(f'cannot create the folder {new}: {e}') from e
+    return missing
+
+
 def write_atomically(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` completely or not at all.
 
@@ -270,11 +287,13 @@ def publish_checkpoint(in_file: str, out_file: str,
     data = buffer.getvalue()
     sha256 = hashlib.sha256(data).hexdigest()
     path = published_name(out_file, sha256)
+    created = _make_folders(osp.dirname(osp.abspath(path)))
     try:
-        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    except OSError as e:
-        raise PublishError(f'cannot create the folder of {path}: {e}') from e
-    write_atomically(path, data)
+        write_atomically(path, data)
+    except PublishError:
+        for folder in created:
+            os.rmdir(folder)
+        raise
     return dict(
         path=path,
         sha256=sha256,
