@@ -228,10 +228,9 @@ def test_distributed_train_and_test_on_cpu(tmp_path, data_root):
         range(1, NUM_VAL + 1))
 
 
-def load_tool(name, monkeypatch):
-    """Import tools/NAME.py as a module (its env default stays local)."""
+def load_tool(name):
+    """Import tools/NAME.py as a module."""
     import importlib.util
-    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0')
     spec = importlib.util.spec_from_file_location(
         f'mrla_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
@@ -239,9 +238,9 @@ def load_tool(name, monkeypatch):
     return module
 
 
-def test_train_options_reach_the_config(monkeypatch, tmp_path):
+def test_train_options_reach_the_config(tmp_path):
     import argparse
-    train = load_tool('train', monkeypatch)
+    train = load_tool('train')
     args = argparse.Namespace(
         config=DEMO, work_dir=None, amp=True, auto_scale_lr=True,
         resume='auto', launcher='none',
@@ -263,9 +262,9 @@ def test_train_options_reach_the_config(monkeypatch, tmp_path):
         train.build_config(args)
 
 
-def test_test_options_reach_the_config(monkeypatch, tmp_path):
+def test_test_options_reach_the_config(tmp_path):
     import argparse
-    test = load_tool('test', monkeypatch)
+    test = load_tool('test')
     ckpt = tmp_path / 'x.pth'
     ckpt.write_bytes(b'')
     args = argparse.Namespace(
@@ -306,7 +305,7 @@ def test_tools_leave_the_process_group_after_the_run(tool, argv,
                                                      monkeypatch, tmp_path):
     """A group left to the interpreter's exit can abort a finished gloo
     process ("terminate called without an active exception")."""
-    module = load_tool(tool, monkeypatch)
+    module = load_tool(tool)
     calls = []
 
     class FakeRunner:

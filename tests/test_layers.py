@@ -61,10 +61,35 @@ def test_heads(cls):
     (dict(channels=96, num_heads=3, kernel_size=3.0), r'got 3.0'),
     (dict(channels=96, num_heads=3, value_act='relu'), r"value_act must be "
      r"one of \('identity', 'gelu'\), got 'relu'"),
+    (dict(channels=64, num_heads=2, kernel_size=999), r'kernel_size=999 is '
+     r'too large for channels=64: allowed are odd sizes up to 2 \* channels '
+     r'- 1 = 127'),
+    (dict(channels=4, num_heads=2, kernel_size=9), r'up to .* = 7'),
 ])
 def test_bad_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize('cls,kwargs,match', [
+    (MRLALight, dict(lambda_init='a'), r"lambda_init must be a finite number "
+     r"or None, got 'a'"),
+    (MRLALight, dict(lambda_init=float('nan')), r'got nan'),
+    (MRLALight, dict(lambda_init=True), r'got True'),
+    (MRLABase, dict(detach_cache='yes'), r"detach_cache must be True or "
+     r"False, got 'yes'"),
+    (MRLABase, dict(recompute_values=1), r'recompute_values must be True or '
+     r'False, got 1'),
+])
+def test_bad_values(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(64, num_heads=2, **kwargs)
+
+
+def test_widest_kernel_and_constant_lambda():
+    light = MRLALight(64, num_heads=2, kernel_size=127, lambda_init=0.5)
+    assert light.query_conv.weight.shape[-1] == 127
+    assert torch.equal(light.lambda_t.detach(), torch.full((64, ), 0.5))
 
 
 def test_bad_inputs():

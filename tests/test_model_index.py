@@ -5,7 +5,6 @@ checkpoints the configs name are not needed.
 """
 import glob
 import os.path as osp
-import re
 
 import pytest
 import yaml
@@ -14,6 +13,7 @@ from mmengine.registry import init_default_scope
 
 import mrla_mm  # noqa: F401
 from mrla_mm.models import skip_backbone_pretrained
+from mrla_mm.utils.checkpoint_integrity import HASH_SUFFIX
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Config folders that are not model-zoo families; in a family folder,
@@ -24,7 +24,6 @@ TASKS = {
     'Object Detection', 'Instance Segmentation', 'Image Classification'
 }
 DATASETS = {'COCO': 'COCO', 'ImageNet-1k': 'ImageNet-1k'}
-PUBLISHED = re.compile(r'-[0-9a-f]{8}\.pth$')
 
 
 def load_yaml(path):
@@ -131,7 +130,7 @@ def test_model_entry_matches_its_config(metafile, model):
         assert model['Note'].startswith('Not yet trained')
         assert all(set(r) == {'Task', 'Dataset'} for r in model['Results'])
     else:
-        assert PUBLISHED.search(model['Weights']), model['Weights']
+        assert HASH_SUFFIX.search(model['Weights']), model['Weights']
         assert all(r['Metrics'] for r in model['Results'])
 
     built = build_model(cfg)

@@ -1,10 +1,14 @@
 """Publishing a checkpoint and loading it back with its hash checked."""
+import errno
 import hashlib
+import os
 import os.path as osp
+import random
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -15,14 +19,19 @@ from mmengine.runner.checkpoint import _load_checkpoint
 import mrla_mm
 from mrla_mm.models import MRLAResNet
 from mrla_mm.utils.checkpoint_integrity import (
+    HASH_CHECK_ENV,
     CheckpointHashError,
     load_from_local_sha256,
     verify_checkpoint_hash,
 )
-from mrla_mm.utils.publish import PublishError, publish_checkpoint
+from mrla_mm.utils.publish import (
+    PublishError,
+    publish_checkpoint,
+    published_name,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-PUBLISHED = re.compile(r'^(.*)-([0-9a-f]{8})\.pth$')
+PUBLISHED = re.compile(r'^(.*)-([0-9a-f]{8,64})\.pth$')
 CFG_TEXT = "model = dict(type='MaskRCNN')\n"
 
 
@@ -125,10 +134,13 @@ def test_load_from_checks_hash(trained):
                        trained['state_dict']['conv1.weight'])
 
 
+def wrong_prefix(sha256):
+    return 'deadbeef' if not sha256.startswith('deadbeef') else 'facade00'
+
+
 def test_renamed_file_fails_with_clear_error(trained, tmp_path):
     path = trained['info']['path']
-    actual = trained['info']['sha256'][:8]
-    wrong = '0' * 8 if actual != '0' * 8 else '1' * 8
+    wrong = wrong_prefix(trained['info']['sha256'])
     renamed = str(tmp_path / f'r18-mrlal-{wrong}.pth')
     shutil.copy(path, renamed)
     backbone = small_backbone(
@@ -137,10 +149,71 @@ def test_renamed_file_fails_with_clear_error(trained, tmp_path):
         backbone.init_weights()
     message = str(error.value)
     assert renamed in message
-    assert f'starting with {wrong}' in message
-    assert f'hashes to {actual}' in message
+    assert f'expected to start with {wrong}' in message
+    assert f'hashes to {trained["info"]["sha256"][:8]}' in message
+    # What it knows, not a guess: no claim of corruption, and the way out.
+    assert 'corrupt' not in message
+    assert f'set {HASH_CHECK_ENV}=0 to load it without the check' in message
     with pytest.raises(CheckpointHashError):
         _load_checkpoint(renamed, map_location='cpu')
+
+
+def test_hash_check_opt_out(trained, tmp_path, monkeypatch):
+    wrong = wrong_prefix(trained['info']['sha256'])
+    renamed = str(tmp_path / f'hand-named-{wrong}.pth')
+    shutil.copy(trained['info']['path'], renamed)
+    monkeypatch.setenv(HASH_CHECK_ENV, '0')
+    assert set(_load_checkpoint(renamed)) == {'meta', 'state_dict'}
+    monkeypatch.setenv(HASH_CHECK_ENV, 'no')
+    with pytest.raises(ValueError, match=f"{HASH_CHECK_ENV}='no': allowed "
+                       "values are '1'"):
+        _load_checkpoint(renamed)
+
+
+@pytest.mark.parametrize('name', ['run-20261202.pth', 'epoch-00000012.pth'])
+def test_dates_and_counters_are_not_read_as_hashes(trained, tmp_path, name):
+    path = str(tmp_path / name)
+    shutil.copy(trained['src'], path)
+    assert CheckpointLoader._get_checkpoint_loader(
+        path).__name__ == 'load_from_local'
+    assert _load_checkpoint(path)['meta']['epoch'] == 12
+    with pytest.raises(ValueError, match='has no hash suffix'):
+        verify_checkpoint_hash(path)
+
+
+def test_published_names_always_hold_a_hex_letter(tmp_path):
+    assert published_name('o.pth', '1234abcd' + '0' * 56) == 'o-1234abcd.pth'
+    assert published_name('o', '12345678' + '9a' + '0' * 54) == (
+        'o-123456789a.pth')
+    # Find a release whose sha256 starts with 8 decimal digits (1 in 43).
+    src = str(tmp_path / 'sd.pth')
+    for i in range(2000):
+        torch.save({'w': torch.tensor([float(i)])}, src)
+        info = publish_checkpoint(src, str(tmp_path / 'digits.pth'))
+        if info['sha256'][:8].isdigit():
+            break
+        os.remove(info['path'])
+    else:
+        pytest.fail('no sha256 started with 8 decimal digits in 2000 tries')
+    prefix = PUBLISHED.match(info['path']).group(2)
+    assert len(prefix) > 8 and prefix[:-1].isdigit()
+    assert info['sha256'].startswith(prefix)
+    # The longer name is checked on load like any published one.
+    assert verify_checkpoint_hash(info['path']) == info['sha256']
+    assert (CheckpointLoader._get_checkpoint_loader(info['path']) is
+            load_from_local_sha256)
+
+
+def test_same_input_gives_the_same_file(trained, tmp_path):
+    time.sleep(1.1)  # a clock in the file would now read differently
+    again = publish_checkpoint(trained['src'],
+                               str(tmp_path / 'release' / 'r18-mrlal.pth'))
+    assert again['sha256'] == trained['info']['sha256']
+    assert osp.basename(again['path']) == osp.basename(
+        trained['info']['path'])
+    with open(again['path'], 'rb') as a, open(trained['info']['path'],
+                                              'rb') as b:
+        assert a.read() == b.read()
 
 
 def test_corrupt_file_fails_before_loading(trained, tmp_path):
@@ -155,7 +228,7 @@ def test_corrupt_file_fails_before_loading(trained, tmp_path):
         load_checkpoint(backbone, corrupt, map_location='cpu')
     assert torch.equal(backbone.state_dict()['conv1.weight'], before)
     with pytest.raises(FileNotFoundError):
-        _load_checkpoint(str(tmp_path / 'missing-01234567.pth'))
+        _load_checkpoint(str(tmp_path / 'missing-0123abcd.pth'))
 
 
 def test_other_files_and_schemes_keep_their_loaders(trained, tmp_path):
@@ -227,6 +300,69 @@ def test_bad_inputs_are_refused(tmp_path):
     assert not list(tmp_path.glob('out*')) and not list(tmp_path.glob('.*'))
 
 
+class Foreign:
+    """An object torch's safe loader refuses."""
+
+
+def truncated(path):
+    data = open(path, 'rb').read()
+    return data[:len(data) // 2]
+
+
+@pytest.mark.parametrize('content,what', [
+    (lambda src: random.Random(0).randbytes(4096), 'is not a PyTorch '
+     'checkpoint: it is neither the zip archive torch.save writes nor the '
+     'older torch.save pickle'),
+    (lambda src: b'', 'is not a checkpoint: it is empty'),
+    (lambda src: b'model = dict(type="MaskRCNN")\n', "begins with b'model = "),
+    (truncated, 'is not a complete checkpoint: it begins like a torch.save '
+     'file but cannot be read, so it is truncated or damaged'),
+])
+def test_bad_files_are_refused_by_name(trained, tmp_path, content, what):
+    bad = tmp_path / 'in.pth'
+    bad.write_bytes(content(trained['src']))
+    out = tmp_path / 'out'
+    with pytest.raises(PublishError) as error:
+        publish_checkpoint(str(bad), str(out / 'x.pth'))
+    assert str(error.value).startswith(f'{bad} ')
+    assert what in str(error.value)
+    assert not out.exists()
+
+
+def test_refused_objects_are_named(tmp_path):
+    src = str(tmp_path / 'foreign.pth')
+    torch.save(dict(state_dict={'w': torch.zeros(1)}, extra=Foreign()), src)
+    with pytest.raises(PublishError, match=f"safe loader refuses it: "
+                       f"Unsupported global: GLOBAL {__name__}.Foreign was "
+                       'not an allowed global'):
+        publish_checkpoint(src, str(tmp_path / 'out.pth'))
+    assert not list(tmp_path.glob('out*'))
+
+
+def test_full_disk_leaves_nothing_and_says_why(trained, tmp_path,
+                                               monkeypatch):
+    real_write = os.write
+
+    def write_until_full(fd, data):
+        if len(data) < 4096:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[:len(data) // 2])
+
+    monkeypatch.setattr(os, 'write', write_until_full)
+    out = tmp_path / 'releases'
+    out.mkdir()
+    for target in (out / 'r18.pth', out / 'new' / 'folders' / 'r18.pth'):
+        with pytest.raises(PublishError) as error:
+            publish_checkpoint(trained['src'], str(target))
+        message = str(error.value)
+        assert re.search(
+            rf'could not write {re.escape(str(target.parent))}/r18-[0-9a-f]+'
+            r'\.pth \(\d+ bytes\): \[Errno 28\] No space left on device; '
+            'nothing was written', message), message
+        # Neither the file nor a folder made for it is left.
+        assert not list(out.iterdir())
+
+
 def test_bare_state_dict_is_published(tmp_path):
     src = str(tmp_path / 'sd.pth')
     torch.save({'w': torch.ones(3)}, src)
@@ -246,7 +382,7 @@ def test_command_line_tools(trained, tmp_path):
     assert f'sha256: {sha256(path)}' in out
     assert f'({osp.getsize(path)} bytes)' in out
     assert 'removed: message_hub, optimizer, param_schedulers' in out
-    wrong = str(tmp_path / 'cli-00000000.pth')
+    wrong = str(tmp_path / f'cli-{wrong_prefix(sha256(path))}.pth')
     shutil.copy(path, wrong)
     verify = subprocess.run(
         [sys.executable, 'tools/model_converters/verify_model.py', path,

@@ -159,6 +159,25 @@ def test_default_init(cfg, cls):
         assert abs(lam.std().item() - 1) < 0.1
 
 
+@pytest.mark.parametrize('cls', [MRLAResNet, MRLAClsResNet])
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(mrla_drop_path=1.5), r'mrla_drop_path must be a number in \[0, 1\)'
+     r' .*got 1.5'),
+    (dict(mrla_drop_path=-0.1), r'got -0.1'),
+    (dict(mrla_drop_path=1), r'got 1$'),
+    (dict(mrla_drop_path='0.2'), r"got '0.2'"),
+    (dict(mrla_recompute_input='yes'), r'mrla_recompute_input must be True, '
+     r"False or None, got 'yes'"),
+    (dict(mrla_cfg=dict(type='MRLALight', kernel_size=999)),
+     r'kernel_size=999 is too large for channels=64'),
+    (dict(mrla_cfg=dict(type='MRLALight', lambda_init='a')),
+     r"lambda_init must be a finite number or None, got 'a'"),
+])
+def test_bad_mrla_values_fail_at_build(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(18, **kwargs)
+
+
 def test_mmpretrain_resnet_drop_paths():
     model = MRLAClsResNet(50, mrla_cfg=LIGHT, mrla_drop_path=0.2,
                           drop_path_rate=0.1)

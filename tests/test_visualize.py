@@ -14,9 +14,13 @@ from mmengine.registry import init_default_scope
 import mrla_mm  # noqa: F401
 from mrla_mm.models import MRLABase, MRLALight
 from mrla_mm.utils.layer_attention import (
+    BaseGroupAttention,
+    LayerAttention,
     LayerAttentionRecorder,
+    LightGroupAttention,
     build_model_from_checkpoint,
     group_name,
+    layer_attention_figures,
     record_layer_attention,
     visualize_layer_attention,
 )
@@ -300,3 +304,74 @@ def test_vit_base_groups(images, tmp_path):
                               atol=1e-6)
     assert (tmp_path / 'vis' / 'mrla_base_weights_layers.3-5_per_head.png'
             ).is_file()
+
+
+def panels(fig):
+    """The heatmap axes of a figure and its colour bars."""
+    bars = [ax for ax in fig.axes if ax.get_label() == '<colorbar>']
+    return [ax for ax in fig.axes if ax not in bars], bars
+
+
+def cell_texts(ax):
+    return [t.get_text() for t in ax.texts]
+
+
+@pytest.mark.parametrize('lambda_top', [0.85, 1.25])
+def test_pictures_read_at_a_glance(lambda_top):
+    light = [
+        LightGroupAttention('layer1', ['layer1.0.mrla', 'layer1.1.mrla'],
+                            torch.tensor([[0.2], [0.7]]),
+                            torch.tensor([[0.65], [lambda_top]])),
+        LightGroupAttention('layer2', ['layer2.0.mrla'],
+                            torch.rand(1, 32), torch.rand(1, 32)),
+    ]
+    base = [
+        BaseGroupAttention('layer3', [f'layer3.{i}.mrla' for i in range(3)],
+                           [torch.full((2, t + 1), 1 / (t + 1))
+                            for t in range(3)])
+    ]
+    figures = layer_attention_figures(
+        LayerAttention(num_images=2, base=base, light=light), per_head=True)
+    assert set(figures) == {
+        'mrla_base_weights.png', 'mrla_base_weights_layer3_per_head.png',
+        'mrla_light_gates.png', 'mrla_light_lambda.png'
+    }
+    ranges = {
+        'mrla_base_weights.png': (0, 1),
+        'mrla_base_weights_layer3_per_head.png': (0, 1),
+        'mrla_light_gates.png': (0, 1),
+        'mrla_light_lambda.png': (0, max(1, lambda_top)),
+    }
+    for name, fig in figures.items():
+        axes, bars = panels(fig)
+        # One colour scale for every panel, fixed to the quantity's range,
+        # and one colour bar for it.
+        assert {ax.images[0].get_clim() for ax in axes} == {ranges[name]}
+        assert len(bars) == 1, name
+    gates, _ = panels(figures['mrla_light_gates.png'])
+    # A single head: one integer tick, no -0.5 .. 0.5.
+    assert list(gates[0].get_xticks()) == [0]
+    assert [t.get_text() for t in gates[0].get_xticklabels()] == ['0']
+    assert [t.get_text() for t in gates[0].get_yticklabels()] == [
+        'layer1.0', 'layer1.1'
+    ]
+    assert gates[0].get_title() == 'layer1: 2 layers x 1 head'
+    # Values on the few cells; none on a 32-head row.
+    assert cell_texts(gates[0]) == ['0.20', '0.70']
+    assert not cell_texts(gates[1])
+    assert len(gates[1].get_xticks()) <= 16
+    lam, _ = panels(figures['mrla_light_lambda.png'])
+    assert cell_texts(lam[0]) == ['0.65', f'{lambda_top:.2f}']
+    per_head, _ = panels(figures['mrla_base_weights_layer3_per_head.png'])
+    assert [ax.get_title() for ax in per_head] == [
+        'layer3.0: 2 heads', 'layer3.1: 2 heads', 'layer3.2: 2 heads'
+    ]
+    assert cell_texts(per_head[2]) == ['0.33'] * 6
+    assert [t.get_text() for t in per_head[2].get_yticklabels()] == ['0', '1']
+    mean, _ = panels(figures['mrla_base_weights.png'])
+    assert mean[0].get_title() == 'layer3: mean of 2 heads'
+    assert cell_texts(mean[0]) == ['1.00', '0.50', '0.50', '0.33', '0.33',
+                                   '0.33']
+    import matplotlib.pyplot as plt
+    for fig in figures.values():
+        plt.close(fig)

@@ -12,12 +12,6 @@ works without a GPU; see ``mrla_mm.engine.launch``.
 """
 import argparse
 import os
-
-# mmengine 0.10 checkpoints hold numpy arrays, log buffers and bound
-# methods, which torch >= 2.6 refuses to unpickle by default
-# (weights_only=True). Load them in full, as mmengine did before: only
-# give these tools checkpoints you trust. Set the variable to 0 to refuse.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 import os.path as osp
 
 from mmdet.evaluation import DumpDetResults

@@ -2,6 +2,8 @@
 
 Each error names the argument, the value it got and what is allowed.
 """
+import math
+from numbers import Real
 from typing import Optional, Tuple
 
 from torch import Tensor
@@ -20,7 +22,45 @@ def check_kernel_size(kernel_size: Optional[int], channels: int) -> int:
         raise ValueError(
             f'kernel_size must be a positive odd int or None (adaptive), '
             f'got {kernel_size!r}')
+    # Centred on a channel, a wider kernel's outer taps only read padding.
+    if kernel_size > 2 * channels - 1:
+        raise ValueError(
+            f'kernel_size={kernel_size} is too large for channels='
+            f'{channels}: allowed are odd sizes up to 2 * channels - 1 = '
+            f'{2 * channels - 1}, the widest whose every tap can reach a '
+            'channel')
     return kernel_size
+
+
+def check_bool(name: str, value, allow_none: bool = False):
+    """Return ``value`` if it is a bool (or None where ``allow_none``)."""
+    if isinstance(value, bool) or (allow_none and value is None):
+        return value
+    allowed = 'True, False or None' if allow_none else 'True or False'
+    raise ValueError(f'{name} must be {allowed}, got {value!r}')
+
+
+def check_number(name: str, value, allow_none: bool = False):
+    """Return ``value`` if it is a finite real number (or None where
+    ``allow_none``); bools are refused."""
+    if allow_none and value is None:
+        return value
+    if (not isinstance(value, Real) or isinstance(value, bool)
+            or not math.isfinite(value)):
+        allowed = ('a finite number or None' if allow_none else
+                   'a finite number')
+        raise ValueError(f'{name} must be {allowed}, got {value!r}')
+    return value
+
+
+def check_rate(name: str, value) -> float:
+    """Return ``value`` if it is a probability in [0, 1)."""
+    if (not isinstance(value, Real) or isinstance(value, bool)
+            or not 0 <= value < 1):
+        raise ValueError(
+            f'{name} must be a number in [0, 1) (a probability; 0 disables '
+            f'it), got {value!r}')
+    return value
 
 
 def resolve_heads(channels: int,

@@ -1,8 +1,20 @@
 """Check a published checkpoint's content against the hash in its name.
 
 OpenMMLab's model zoo names a released file ``NAME-<h>.pth`` where ``<h>``
-is the first 8 hex digits of the SHA-256 of the file's bytes
-(:func:`mrla_mm.utils.publish.publish_checkpoint` writes such files).
+is the first hex digits of the SHA-256 of the file's bytes.
+:func:`mrla_mm.utils.publish.publish_checkpoint` writes such files, with
+the shortest prefix of at least 8 digits that holds a letter ``a``-``f``.
+
+Which names are checked: a local path whose name ends in ``-<h>.pth``
+where ``<h>`` is 8 to 64 lowercase hex digits *with at least one letter*
+(:data:`HASH_SUFFIX`). A run of decimal digits, such as a date
+(``run-20261202.pth``) or a counter (``epoch-00000012.pth``), is never
+read as a hash. A name of that form may still have been chosen by hand, so
+a mismatch states what the name promised and what the content hashes to,
+and how to load the file without the check.
+
+Opting out: ``MRLA_MM_HASH_CHECK=0`` in the environment (read at every
+load) loads such files without hashing them.
 
 Design of the hook into mmengine:
 
@@ -13,7 +25,7 @@ expression matched (``re.match``) against the path, longer (string-greater)
 schemes first, and the empty scheme ``''``, mmengine's ``load_from_local``,
 last. :func:`register_integrity_check` adds one more scheme,
 :data:`HASHED_LOCAL_PATH`, a pattern of pure look-aheads that matches only
-a path without ``://`` whose name ends in ``-<8 lowercase hex>.pth``. Its
+a path without ``://`` whose name ends like :data:`HASH_SUFFIX`. Its
 loader, :func:`load_from_local_sha256`, hashes the file (streamed in
 chunks, so a file of hundreds of MB costs no extra memory) and then hands
 it to mmengine's own ``load_from_local``. So:
@@ -23,21 +35,29 @@ it to mmengine's own ``load_from_local``. So:
   ``s3://``, ``open-mmlab://``...; torch checks the hash of downloads
   itself), keeps the loader it had: nothing is wrapped or replaced;
 - a mismatch raises :class:`CheckpointHashError` naming the file, the
-  expected and the actual prefix, before a single tensor is unpickled.
+  expected prefix and the actual hash, before a single tensor is
+  unpickled.
 
-``import mrla_mm`` registers the scheme (idempotently).
+The scheme is process-wide, like every mmengine loader: it applies to any
+model loaded in a process that imported mrla_mm. ``import mrla_mm``
+registers it (idempotently).
 """
 import hashlib
+import os
 import os.path as osp
 import re
 from typing import Optional
 
-# A published file: 8 lowercase hex digits of SHA-256 before ``.pth``.
-HASH_SUFFIX = re.compile(r'-([0-9a-f]{8})\.pth$')
+# The hash of a published name: 8 to 64 lowercase hex digits, at least one
+# of them a letter, between the last '-' and '.pth'.
+HASH_DIGITS = r'(?=[0-9]*[a-f])[0-9a-f]{8,64}'
+HASH_SUFFIX = re.compile(rf'-({HASH_DIGITS})\.pth$')
 # The scheme: no ``://`` anywhere (not a URL), name ends like HASH_SUFFIX.
 # Look-aheads only, so re.match consumes nothing and the path is unchanged.
-HASHED_LOCAL_PATH = r'(?!.*://)(?=.*-[0-9a-f]{8}\.pth$)'
+HASHED_LOCAL_PATH = rf'(?!.*://)(?=.*-{HASH_DIGITS}\.pth$)'
 HASH_PREFIX_LEN = 8
+# Set to '0' to load files named like published ones without hashing them.
+HASH_CHECK_ENV = 'MRLA_MM_HASH_CHECK'
 
 
 class CheckpointHashError(ValueError):
@@ -54,7 +74,7 @@ def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
 
 
 def expected_hash_prefix(path: str) -> Optional[str]:
-    """The 8 hex digits a published file's name promises, or None."""
+    """The hex digits a published file's name promises, or None."""
     match = HASH_SUFFIX.search(osp.basename(path))
     return match.group(1) if match else None
 
@@ -63,7 +83,8 @@ def verify_checkpoint_hash(path: str) -> str:
     """Check that ``path``'s SHA-256 starts with the suffix of its name.
 
     Args:
-        path (str): A local file named ``NAME-<8 hex>.pth``.
+        path (str): A local file named ``NAME-<h>.pth``, see
+            :data:`HASH_SUFFIX`.
 
     Returns:
         str: The file's full SHA-256 hex digest.
@@ -77,33 +98,47 @@ def verify_checkpoint_hash(path: str) -> str:
     if expected is None:
         raise ValueError(
             f'checkpoint name {osp.basename(path)!r} has no hash suffix: a '
-            "published file is named 'NAME-<first 8 hex digits of its "
-            "sha256>.pth'")
+            "published file is named 'NAME-<h>.pth', <h> being the first 8 "
+            'to 64 lowercase hex digits of its sha256, at least one a letter')
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} can not be found.')
     actual = file_sha256(path)
     if not actual.startswith(expected):
         raise CheckpointHashError(
-            f'checkpoint {path} failed its integrity check: its name '
-            f'expects a sha256 starting with {expected}, its content hashes '
-            f'to {actual[:HASH_PREFIX_LEN]} (full sha256 {actual}). The file '
-            'is corrupt, truncated or was renamed; download or publish it '
-            'again.')
+            f'checkpoint {path}: its name ends in -{expected}.pth, the '
+            'model-zoo form NAME-<first hex digits of the sha256>.pth, so '
+            f'its sha256 was expected to start with {expected}; the file '
+            f'hashes to {actual[:len(expected)]} (sha256 {actual}). If it '
+            'is a published release, it is not the file published under '
+            'this name: download or publish it again. If the name was '
+            f'chosen by hand, rename the file, or set {HASH_CHECK_ENV}=0 to '
+            'load it without the check.')
     return actual
 
 
+def hash_check_enabled() -> bool:
+    """Whether :data:`HASH_CHECK_ENV` leaves the check on (unset or 1)."""
+    value = os.environ.get(HASH_CHECK_ENV, '1')
+    if value not in ('0', '1'):
+        raise ValueError(f'{HASH_CHECK_ENV}={value!r}: allowed values are '
+                         "'1' (check published names, the default) and '0'")
+    return value == '1'
+
+
 def load_from_local_sha256(filename: str, map_location=None):
-    """mmengine loader of a local published checkpoint, hash checked first.
+    """mmengine loader of a local published checkpoint, hash checked first
+    unless :data:`HASH_CHECK_ENV` is ``0``.
 
     Args:
-        filename (str): Local path of a ``NAME-<8 hex>.pth`` file.
+        filename (str): Local path of a ``NAME-<h>.pth`` file.
         map_location (str, optional): As in :func:`torch.load`.
 
     Returns:
         dict: The loaded checkpoint, from mmengine's ``load_from_local``.
     """
     from mmengine.runner.checkpoint import load_from_local
-    verify_checkpoint_hash(osp.expanduser(filename))
+    if hash_check_enabled():
+        verify_checkpoint_hash(osp.expanduser(filename))
     return load_from_local(filename, map_location)
 
 

@@ -8,13 +8,16 @@ Example::
 
 writes ``releases/mask-rcnn_r50-mrlal_fpn_1x_coco-<8 hex>.pth`` holding
 ``state_dict`` and ``meta`` only, the 8 hex digits being the start of the
-file's SHA-256, and prints its size and hash. With mrla_mm imported,
-mmengine checks that hash whenever the file is loaded. Only publish
-checkpoints you trust: the input is unpickled in full.
+file's SHA-256 (longer if those 8 are all decimal digits), and prints
+its size and hash. With mrla_mm imported, mmengine checks that hash
+whenever the file is loaded. An input that cannot be published (not a
+checkpoint, truncated, holding objects torch's safe loader refuses) or a
+failed write ends with the reason and exit status 1, leaving no file.
 """
 import argparse
+import sys
 
-from mrla_mm.utils.publish import publish_checkpoint
+from mrla_mm.utils.publish import PublishError, publish_checkpoint
 
 
 def parse_args():
@@ -33,7 +36,10 @@ def parse_args():
 
 def main():
     args = parse_args()
-    info = publish_checkpoint(args.in_file, args.out_file, fp16=args.fp16)
+    try:
+        info = publish_checkpoint(args.in_file, args.out_file, fp16=args.fp16)
+    except (PublishError, FileNotFoundError) as error:
+        sys.exit(f'publish_model.py: error: {error}')
     removed = ', '.join(info['removed_keys']) or 'nothing'
     print(f'removed: {removed}\n'
           f'kept: meta, state_dict ({info["num_tensors"]} tensors'

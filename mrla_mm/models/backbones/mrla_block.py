@@ -14,6 +14,7 @@ from mrla_mm.ops.batch_norm_add_relu import (
     RecomputedMaps,
     batch_norm_add_relu,
 )
+from mrla_mm.ops.checks import check_bool, check_rate
 from mrla_mm.ops.ext_loader import use_compiled
 from ..layers import MRLABase, MRLACache, MRLALight, build_mrla_layer
 from ..layers.batch_norm_args import batch_norm_args
@@ -70,6 +71,9 @@ class MRLABlockMixin:
                  mrla_drop_path: float = 0.,
                  mrla_recompute_input: Optional[bool] = None,
                  **kwargs):
+        check_rate('mrla_drop_path', mrla_drop_path)
+        check_bool('mrla_recompute_input', mrla_recompute_input,
+                   allow_none=True)
         super().__init__(*args, **kwargs)
         channels = getattr(self, self.last_conv).out_channels
         self.mrla = build_mrla_layer(mrla_cfg, channels, RESNET_DIM_PER_HEAD)

@@ -16,6 +16,7 @@ from mrla_mm.ops import (
     query_key,
     resolve_heads,
 )
+from mrla_mm.ops.checks import check_bool
 from mrla_mm.ops.mrla_value import mrla_value_map
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
 from .batch_norm_args import batch_norm_args
@@ -75,8 +76,9 @@ class MRLABase(BaseModule):
             channels, dim_per_head, num_heads)
         self.kernel_size = check_kernel_size(kernel_size, channels)
         self.value_act = check_value_act(value_act)
-        self.detach_cache = detach_cache
-        self.recompute_values = recompute_values
+        self.detach_cache = check_bool('detach_cache', detach_cache)
+        self.recompute_values = check_bool('recompute_values',
+                                           recompute_values)
         pad = (self.kernel_size - 1) // 2
         self.query_conv = nn.Conv1d(
             1, 1, self.kernel_size, padding=pad, bias=False)

@@ -17,6 +17,7 @@ from mrla_mm.ops import (
     query_key,
     resolve_heads,
 )
+from mrla_mm.ops.checks import check_number
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
 from .batch_norm_args import batch_norm_args
 
@@ -66,6 +67,7 @@ class MRLALight(BaseModule):
             channels, dim_per_head, num_heads)
         self.kernel_size = check_kernel_size(kernel_size, channels)
         self.value_act = check_value_act(value_act)
+        check_number('lambda_init', lambda_init, allow_none=True)
         pad = (self.kernel_size - 1) // 2
         self.query_conv = nn.Conv1d(
             1, 1, self.kernel_size, padding=pad, bias=False)
