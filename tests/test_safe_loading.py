@@ -17,6 +17,12 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import _load_checkpoint
+
+import mrla_mm  # noqa: F401  allow-lists mmengine's checkpoint classes
+from mrla_mm.utils.safe_loading import (
+    mmengine_checkpoint_globals,
+    torch_defaults_only,
+)
 from test_det_tools import (  # noqa: F401  data_root is a fixture
     DEMO,
     ROOT,
@@ -24,12 +30,6 @@ from test_det_tools import (  # noqa: F401  data_root is a fixture
     run_tool,
     tiny_config,
     train_cmd,
-)
-
-import mrla_mm  # noqa: F401  allow-lists mmengine's checkpoint classes
-from mrla_mm.utils.safe_loading import (
-    mmengine_checkpoint_globals,
-    torch_defaults_only,
 )
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
