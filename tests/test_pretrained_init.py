@@ -8,6 +8,7 @@ import os.path as osp
 import pytest
 import torch
 import torchvision
+from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS as CLS_MODELS
 
 import mrla_mm  # noqa: F401
@@ -47,16 +48,21 @@ def randomize(state_dict):
     }
 
 
+def build_classifier(**cfg):
+    """An mmpretrain ``ImageClassifier``."""
+    # An earlier test's Runner may have left mmdet as the current scope.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return CLS_MODELS.build(dict(type='ImageClassifier', **cfg))
+
+
 def classifier_state(mrla_cfg=LIGHT, deep_stem=False, **backbone):
     """What tools/train.py saves for an mmpretrain MRLA ResNet classifier:
     ``backbone.*`` and ``head.*`` under ``state_dict``."""
-    model = CLS_MODELS.build(
-        dict(type='ImageClassifier',
-             backbone=dict(type='MRLAResNet', mrla_cfg=mrla_cfg,
-                           deep_stem=deep_stem, **{**SMALL, **backbone}),
-             neck=dict(type='GlobalAveragePooling'),
-             head=dict(type='LinearClsHead', num_classes=4,
-                       in_channels=128)))
+    model = build_classifier(
+        backbone=dict(type='MRLAResNet', mrla_cfg=mrla_cfg,
+                      deep_stem=deep_stem, **{**SMALL, **backbone}),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=4, in_channels=128))
     return randomize(model.state_dict())
 
 
@@ -229,12 +235,11 @@ def save_backbone(path, mrla_cfg=LIGHT, **kwargs):
 def deit_classifier(path):
     arch = dict(embed_dims=32, num_layers=2, num_heads=2,
                 feedforward_channels=64)
-    model = CLS_MODELS.build(
-        dict(type='ImageClassifier',
-             backbone=dict(type='MRLAVisionTransformer', arch=arch,
-                           img_size=32, patch_size=16),
-             head=dict(type='VisionTransformerClsHead', num_classes=4,
-                       in_channels=32)))
+    model = build_classifier(
+        backbone=dict(type='MRLAVisionTransformer', arch=arch, img_size=32,
+                      patch_size=16),
+        head=dict(type='VisionTransformerClsHead', num_classes=4,
+                  in_channels=32))
     torch.save(dict(state_dict=model.state_dict()), path)
     return path
 
