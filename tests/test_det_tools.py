@@ -1,4 +1,5 @@
-"""tools/train.py, tools/test.py and the launch scripts, end to end.
+"""tools/train.py, tools/test.py and the launch scripts, end to end; and
+mmdet's and mim's own training launchers.
 
 Each test runs the real command lines on a tiny version of the demo config
 (a few 128x128 synthetic images, batch 2), on the CPU.
@@ -60,10 +61,11 @@ def tiny_config(tmp_path, data_root, epochs, extra=''):
     return str(path)
 
 
-def run_tool(args, timeout=300, env=None, check=True):
-    """Run a tool from the repository root; return the finished process."""
+def run_tool(args, timeout=300, env=None, check=True, cwd=ROOT):
+    """Run a tool (from the repository root unless ``cwd`` says otherwise);
+    return the finished process."""
     proc = subprocess.run(
-        args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f'{args} failed ({proc.returncode}):\n'
@@ -183,6 +185,46 @@ def test_wrong_mrla_argument_fails_at_build(tmp_path, data_root, mrla_cfg,
     # It failed while building the model, before any iteration.
     assert 'Epoch(train)' not in proc.stdout + proc.stderr
     assert not glob.glob(str(tmp_path / 'bad' / '*.pth'))
+
+
+@pytest.mark.parametrize('launcher', ['mmdet', 'mim'])
+def test_mmdet_and_mim_launchers(tmp_path, data_root, launcher):
+    """mmdet's own tools/train.py, as shipped inside the mmdet package, and
+    ``mim train mmdet``, run from a folder outside this repository: the
+    config's custom_imports bring in mrla_mm, none of our tools is needed."""
+    import mmdet
+    config = tiny_config(tmp_path, data_root, epochs=1)
+    user_dir = tmp_path / 'elsewhere'
+    user_dir.mkdir()
+    mmdet_train = osp.join(
+        osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    if launcher == 'mmdet':
+        cmd = [sys.executable, mmdet_train, config, '--work-dir', 'work']
+    else:
+        cmd = [sys.executable, '-m', 'mim', 'train', 'mmdet', config,
+               '--work-dir', 'work']
+    # The checkout under test, wherever mrla_mm is installed.
+    path = os.pathsep.join(
+        p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
+    proc = run_tool(cmd, cwd=user_dir, env=dict(PYTHONPATH=path))
+    log = proc.stdout + proc.stderr
+    if launcher == 'mim':
+        assert f'Training command is {sys.executable} {mmdet_train}' in log
+    assert "type='MRLAResNet'" in log
+    assert (f'Epoch(train) [1][{ITERS_PER_EPOCH}/{ITERS_PER_EPOCH}]'
+            in log)
+    assert 'coco/bbox_mAP' in log and 'coco/segm_mAP' in log
+    work_dir = user_dir / 'work'
+    records = scalars(run_dirs(str(work_dir))[0])
+    assert len(records) == ITERS_PER_EPOCH
+    assert all(math.isfinite(r['loss']) for r in records)
+    ckpt = torch.load(work_dir / 'epoch_1.pth', map_location='cpu',
+                      weights_only=False)
+    assert ckpt['meta']['iter'] == ITERS_PER_EPOCH
+    weights = ckpt['state_dict']
+    assert 'backbone.layer1.0.mrla.lambda_t' in weights
+    assert all(torch.isfinite(w).all() for w in weights.values()
+               if w.is_floating_point())
 
 
 def free_port():

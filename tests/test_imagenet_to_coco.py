@@ -83,8 +83,6 @@ def run_log(work_dir):
 
 def test_imagenet_checkpoint_starts_the_detector(data, tmp_path,
                                                  monkeypatch):
-    # The tools load mmengine's training checkpoints in full.
-    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
     monkeypatch.chdir(ROOT)
     cls_root = data / 'cls'
     cls_work = tmp_path / 'cls_work'

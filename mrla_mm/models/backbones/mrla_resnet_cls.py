@@ -65,7 +65,10 @@ class MRLAClsResNet(PretrainedInitMixin, ResNet):
         mrla_cfg (dict, optional): MRLA layer of every block,
             ``dict(type='MRLALight')`` (default, d=32) or
             ``dict(type='MRLABase')`` (d=16), with the layer's arguments
-            other than ``channels``. None gives a plain ResNet.
+            other than ``channels``. Where the default d does not
+            divide a block's width, see
+            :func:`mrla_mm.models.layers.builder.default_num_heads`. None
+            gives a plain ResNet.
         mrla_drop_path (float): Drop-path rate of the MRLA branch of every
             block; the authors trained their ImageNet models with 0.2.
             Defaults to 0.
