@@ -118,7 +118,9 @@ class PretrainedInitMixin:
             return
         checkpoint = cfg.get('checkpoint')
         if not isinstance(checkpoint, str) or not checkpoint:
-            raise ValueError(
+            # A TypeError, as mmdet's ResNet raises for `pretrained`.
+            error = ValueError if isinstance(checkpoint, str) else TypeError
+            raise error(
                 f'init_cfg.checkpoint must be a path or URL of the '
                 f'pretrained weights, got {checkpoint!r} in {cfg}')
         if '://' in checkpoint or osp.isfile(osp.expanduser(checkpoint)):
