@@ -44,8 +44,10 @@ def parse_args(argv=None):
 def build(variant, depth):
     from mrla_mm.models import MRLAResNet
     torch.manual_seed(0)
-    return MRLAResNet(depth, mrla_cfg=VARIANTS[variant],
-                      out_indices=(3, )).eval()
+    model = MRLAResNet(depth, mrla_cfg=VARIANTS[variant], out_indices=(3, ))
+    # mmdet's ResNet.train() returns None, so no chained .eval().
+    model.eval()
+    return model
 
 
 def session(path, threads):

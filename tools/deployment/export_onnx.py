@@ -95,7 +95,8 @@ def build_model(args):
     model = MODELS.build(cfg.model)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, map_location='cpu')
-    return model.eval()
+    model.eval()
+    return model
 
 
 def check_dynamic(path, target, shape):
