@@ -17,6 +17,7 @@ Examples::
         retinanet.onnx --part model --shape 800 1344
 """
 import argparse
+import os
 import os.path as osp
 import sys
 
@@ -30,7 +31,9 @@ from mrla_mm.deployment import (
     ExportError,
     build_export_target,
     export_onnx,
+    match_detections,
     max_rel_error,
+    predict_parity,
     run_onnxruntime,
 )
 
@@ -50,7 +53,12 @@ def parse_args(argv=None):
         'logits, or a single-stage detector with NMS')
     parser.add_argument(
         '--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'))
-    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument(
+        '--batch',
+        type=int,
+        default=None,
+        help='batch of the example input (default: 1; 2 with --dynamic, '
+        'since torch.export specializes a batch of 1)')
     parser.add_argument(
         '--dynamic',
         action='store_true',
@@ -73,6 +81,13 @@ def parse_args(argv=None):
         default=1e-4,
         help='exit with status 1 if the max relative error exceeds it')
     parser.add_argument(
+        '--val-images',
+        type=int,
+        default=0,
+        help='detectors: also compare with mmdet\'s predict on this many '
+        'images of the config\'s test set (the export --shape must be '
+        'their padded size)')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -80,10 +95,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build_model(args):
+def model_cfg(args):
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def build_model(args):
+    cfg = model_cfg(args)
     scope = cfg.get('default_scope', 'mmdet')
     init_default_scope(scope)
     if scope == 'mmpretrain':
@@ -107,16 +127,18 @@ def check_dynamic(path, target, shape):
         expected = target.module(x)
     expected = expected if isinstance(expected, tuple) else (expected, )
     err = max_rel_error(run_onnxruntime(path, [x]), expected)
-    return f'{b}x3x{h}x{w}: max relative error {err:.2e}'
+    print(f'dynamic axes, input {b}x3x{h}x{w}: max relative error {err:.2e}')
+    return err
 
 
 def main(argv=None):
     args = parse_args(argv)
     if osp.exists(args.out) and not args.force:
         sys.exit(f'error: {args.out} exists; pass --force to overwrite it')
+    batch = args.batch or (2 if args.dynamic else 1)
     model = build_model(args)
     try:
-        target = build_export_target(model, args.part, args.shape, args.batch,
+        target = build_export_target(model, args.part, args.shape, batch,
                                      args.dynamic)
         export_onnx(
             target.module,
@@ -130,6 +152,23 @@ def main(argv=None):
             force=args.force)
     except ExportError as e:
         sys.exit(f'error: {e}')
+    try:
+        err = check(args, model, target)
+    except Exception as e:
+        # A file that onnxruntime cannot run as asked is not left behind.
+        os.remove(args.out)
+        sys.exit(f'error: onnxruntime cannot run the exported file as asked '
+                 f'({type(e).__name__}: {str(e).strip()[:800]}); {args.out} '
+                 'removed')
+    if err > args.tolerance:
+        os.remove(args.out)
+        sys.exit(f'error: max relative error {err:.2e} exceeds --tolerance '
+                 f'{args.tolerance:g}; {args.out} removed')
+
+
+def check(args, model, target):
+    """Run the file in onnxruntime against PyTorch; print the figures and
+    return the error compared with --tolerance."""
     with torch.no_grad():
         expected = target.module(*target.inputs)
     expected = expected if isinstance(expected, tuple) else (expected, )
@@ -139,38 +178,38 @@ def main(argv=None):
     shape = 'x'.join(map(str, target.inputs[0].shape))
     print(f'exported {args.part} of {args.config} with the {exporter} '
           f'exporter to {args.out} ({size_mb:.2f} MiB)')
-    if args.part == 'model' and target.output_names[0] == 'boxes':
-        err = detection_report(actual, expected)
-    else:
-        err = max_rel_error(actual, expected)
-        print(f'onnxruntime vs PyTorch, input {shape}: max relative error '
-              f'{err:.2e}')
+    if target.output_names[0] == 'boxes':
+        return detection_report(args, model, actual, expected)
+    err = max_rel_error(actual, expected)
+    print(f'onnxruntime vs PyTorch, input {shape}: max relative error '
+          f'{err:.2e}')
     if args.dynamic:
-        print('dynamic axes, input ' + check_dynamic(args.out, target,
-                                                    args.shape))
-    if err > args.tolerance:
-        sys.exit(f'error: max relative error {err:.2e} exceeds '
-                 f'--tolerance {args.tolerance:g}')
+        err = max(err, check_dynamic(args.out, target, args.shape))
+    return err
 
 
-def detection_report(actual, expected):
-    """Print the detections' agreement; the worst score difference, or
-    infinity when the detections differ."""
-    boxes, scores, labels = actual
-    ref_boxes, ref_scores, ref_labels = expected
-    print(f'onnxruntime: {len(scores)} detections, PyTorch: '
-          f'{len(ref_scores)}')
-    if len(scores) != len(ref_scores) or not torch.equal(
-            labels, ref_labels):
-        print('the detections differ')
-        return float('inf')
-    if len(scores) == 0:
-        return 0.
-    score_err = (scores - ref_scores).abs().max().item()
-    box_err = max_rel_error([boxes], [ref_boxes])
-    print(f'same labels; max |score difference| {score_err:.2e}, boxes max '
-          f'relative error {box_err:.2e}')
-    return score_err
+def detection_report(args, model, actual, expected):
+    """Print how the file's detections pair with PyTorch's, on the random
+    input and on --val-images images of the config's test set (against
+    mmdet's own predict); return the largest score difference, or infinity
+    when the detections differ."""
+    rows = [('random input', len(expected[1]),
+             *match_detections(actual, expected))]
+    if args.val_images:
+        from mmdet.registry import DATASETS
+        dataset = DATASETS.build(model_cfg(args).test_dataloader.dataset)
+        items = [dataset[i] for i in range(min(args.val_images,
+                                               len(dataset)))]
+        rows += [(osp.basename(item['data_samples'].img_path), *row)
+                 for item, row in zip(
+                     items, predict_parity(model, args.out, items))]
+    worst = 0.
+    for name, count, unpaired, score_err, box_err in rows:
+        print(f'{name}: {count} detections, {unpaired} unpaired; max '
+              f'|score difference| {score_err:.2e}, max |box coordinate '
+              f'difference| {box_err:.2e} px')
+        worst = max(worst, float('inf') if unpaired else score_err)
+    return worst
 
 
 if __name__ == '__main__':
