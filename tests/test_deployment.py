@@ -35,9 +35,7 @@ from mrla_mm.deployment import (  # noqa: E402
     predict_parity,
     run_onnxruntime,
 )
-from mrla_mm.models import MRLAResNet  # noqa: E402
-from mrla_mm.models.backbones.mrla_vit import \
-    MRLAVisionTransformer  # noqa: E402
+from mrla_mm.models import MRLAResNet, MRLAVisionTransformer  # noqa: E402
 from mrla_mm.ops.ext_loader import load_ext  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -77,8 +77,8 @@ def main(argv=None):
                 feed = {'input': x.numpy()}
                 with torch.no_grad():
                     ref = model(x)[0]
-                err = max_rel_error([torch.from_numpy(sess.run(None, feed)[0])],
-                                    [ref])
+                out = torch.from_numpy(sess.run(None, feed)[0])
+                err = max_rel_error([out], [ref])
                 runs[(v, 'pytorch')] = lambda m=model: m(x)
                 runs[(v, 'onnxruntime')] = lambda s=sess, f=feed: s.run(
                     None, f)

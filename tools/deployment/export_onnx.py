@@ -10,11 +10,14 @@ Examples::
     python tools/deployment/export_onnx.py \\
         configs/mrla_cls/resnet50-mrlal_8xb32_in1k.py r50.onnx --dynamic
     python tools/deployment/export_onnx.py \\
+        configs/mrla_cls/resnet50-mrlal_8xb32_in1k.py r50.onnx \\
+        --exporter torchscript --dynamic --force
+    python tools/deployment/export_onnx.py \\
         configs/mrla_cls/deit-tiny-mrlal_4xb256_in1k.py CKPT deit.onnx \\
         --part model
     python tools/deployment/export_onnx.py \\
-        configs/retinanet/retinanet_r50-mrlal_fpn_1x_coco.py CKPT \\
-        retinanet.onnx --part model --shape 800 1344
+        configs/demo/retinanet_r18-mrlal_fpn_demo.py CKPT retinanet.onnx \\
+        --part model --shape 128 128 --val-images 4
 """
 import argparse
 import os
@@ -64,15 +67,18 @@ def parse_args(argv=None):
         action='store_true',
         help='leave batch, height and width free')
     parser.add_argument(
-        '--dynamo',
-        action='store_true',
-        help='torch\'s default (torch.export) exporter instead of the '
-        'TorchScript one')
+        '--exporter',
+        choices=('dynamo', 'torchscript'),
+        default='dynamo',
+        help='torch\'s default, torch.export-based exporter (default) or '
+        'the legacy TorchScript-based one (opset 17 by default, as '
+        'mmdeploy); see docs/deployment.md')
     parser.add_argument(
         '--opset',
         type=int,
         default=None,
-        help='ONNX opset (default: 17 for the TorchScript exporter)')
+        help='ONNX opset (default: the dynamo exporter\'s own; 17 for '
+        'the TorchScript exporter)')
     parser.add_argument(
         '--force', action='store_true', help='overwrite an existing OUT')
     parser.add_argument(
@@ -147,7 +153,7 @@ def main(argv=None):
             input_names=target.input_names,
             output_names=target.output_names,
             dynamic_axes=target.dynamic_axes,
-            dynamo=args.dynamo,
+            dynamo=args.exporter == 'dynamo',
             opset=args.opset,
             force=args.force)
     except ExportError as e:
@@ -174,9 +180,8 @@ def check(args, model, target):
     expected = expected if isinstance(expected, tuple) else (expected, )
     actual = run_onnxruntime(args.out, target.inputs)
     size_mb = osp.getsize(args.out) / 2**20
-    exporter = 'dynamo' if args.dynamo else 'torchscript'
     shape = 'x'.join(map(str, target.inputs[0].shape))
-    print(f'exported {args.part} of {args.config} with the {exporter} '
+    print(f'exported {args.part} of {args.config} with the {args.exporter} '
           f'exporter to {args.out} ({size_mb:.2f} MiB)')
     if target.output_names[0] == 'boxes':
         return detection_report(args, model, actual, expected)
