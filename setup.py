@@ -141,6 +141,7 @@ if __name__ == '__main__':
         extras_require={
             'tests': parse_requirements('requirements/tests.txt'),
             'build': parse_requirements('requirements/build.txt'),
+            'deploy': parse_requirements('requirements/deploy.txt'),
         },
         ext_modules=ext_modules,
         cmdclass=cmdclass,

@@ -16,6 +16,11 @@ the CUDA channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
 than PyTorch on an H100. Under ``torch.compile``, ``auto`` takes the
 PyTorch path, which the compiler traces into kernels of its own.
 ``compiled`` runs the kernels in all these cases all the same.
+
+While a model is exported (``torch.onnx.export``, with either exporter,
+or ``torch.export``) every op takes the PyTorch composition whatever the
+backend: the kernels are Python bindings that no exporter can trace, and
+the composition exports as standard ONNX operators.
 """
 import importlib
 import logging
@@ -121,8 +126,16 @@ def cuda_preference(op: str,
     return None
 
 
+def exporting() -> bool:
+    """Whether a graph is being exported (``torch.onnx.export`` with
+    either exporter, or ``torch.export``)."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
     """Whether ``op`` runs compiled on ``maps``; logs the choice once."""
+    if exporting():
+        return False
     backend = ops_backend()
     if backend == 'auto' and torch.compiler.is_compiling():
         # torch.compile traces the composition and generates kernels of

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ext_loader import exporting
+
 
 def adaptive_kernel_size(channels: int) -> int:
     """ECA-style kernel size of the channel convolutions producing Q and K.
@@ -53,14 +55,21 @@ def channel_descriptor(x: Tensor) -> Tensor:
     """Global average pool of a ``[B, C, H, W]`` map to ``[B, C]``."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _ChannelMean.apply(x)
-    return F.adaptive_avg_pool2d(x, 1).flatten(1)
+    return F.adaptive_avg_pool2d(x, 1)[:, :, 0, 0]
 
 
 def _channel_windows(y: Tensor, kernel_size: int) -> Tensor:
     """The zero-padded windows ``[B, C, k]`` that a kernel of size ``k``
     slides over along the channels of ``y`` [B, C], as a view."""
     pad = (kernel_size - 1) // 2
-    return F.pad(y, (pad, pad)).unfold(1, kernel_size, 1)
+    padded = F.pad(y, (pad, pad))
+    if exporting():
+        # The TorchScript exporter converts unfold only where every size
+        # is static; the shifted slices export with a free batch size.
+        c = y.shape[1]
+        return torch.stack(
+            [padded[:, i:i + c] for i in range(kernel_size)], dim=2)
+    return padded.unfold(1, kernel_size, 1)
 
 
 def channel_conv1d(y: Tensor, weight: Tensor) -> Tensor:
@@ -79,7 +88,9 @@ def query_key(y: Tensor, query_weight: Tensor,
     """:func:`channel_conv1d` of ``y`` with the query and the key kernel,
     both ``[1, 1, k]``, from one product: ``(q, k)``, each [B, C]."""
     kernels = torch.cat((query_weight, key_weight)).view(2, -1)
-    return (_channel_windows(y, kernels.shape[1]) @ kernels.t()).unbind(-1)
+    # dim 2, not -1: the TorchScript exporter resolves a negative dim here
+    # against a wrong rank when the batch size is left free.
+    return (_channel_windows(y, kernels.shape[1]) @ kernels.t()).unbind(2)
 
 
 def head_scores(q: Tensor, k: Tensor, num_heads: int) -> Tensor:

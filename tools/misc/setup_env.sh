@@ -54,9 +54,10 @@ if ! ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
     rm -rf "$tmp"
 fi
 
-echo "[setup] runtime and test requirements"
+echo "[setup] runtime, test and deployment (ONNX) requirements"
 "${PIP[@]}" install -q --find-links "$WHEEL_DIR" \
-    -r requirements/runtime.txt -r requirements/tests.txt
+    -r requirements/runtime.txt -r requirements/tests.txt \
+    -r requirements/deploy.txt
 
 echo "[setup] mrla_mm (editable)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
@@ -64,6 +65,7 @@ echo "[setup] mrla_mm (editable)"
 # Fail loudly here rather than in the middle of a test run.
 "$VENV/bin/python" - <<'PY'
 import torch, torchvision, mmcv, mmengine, mmdet, mmpretrain
+import onnx, onnxruntime, onnxscript  # noqa: F401  ONNX export tests
 from mmcv.ops import nms  # noqa: F401  proves mmcv's compiled ops are there
 import mrla_mm
 print(f'[setup] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, '

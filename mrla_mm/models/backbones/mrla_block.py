@@ -15,7 +15,7 @@ from mrla_mm.ops.batch_norm_add_relu import (
     batch_norm_add_relu,
 )
 from mrla_mm.ops.checks import check_bool, check_rate
-from mrla_mm.ops.ext_loader import use_compiled
+from mrla_mm.ops.ext_loader import exporting, use_compiled
 from ..layers import MRLABase, MRLACache, MRLALight, build_mrla_layer
 from ..layers.batch_norm_args import batch_norm_args
 
@@ -273,9 +273,11 @@ def mrla_stage_forward(blocks: nn.Sequential, x: Tensor) -> Tensor:
     recompute their MRLA input."""
     first = blocks[0].mrla
     cache = first.new_cache() if isinstance(first, MRLABase) else None
-    # Under torch.compile the compiler plans what to keep and recompute.
-    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
-            block.mrla_recompute_input for block in blocks)):
+    # Under torch.compile the compiler plans what to keep and recompute;
+    # an exported graph has no backward.
+    if torch.compiler.is_compiling() or exporting() or not (
+            torch.is_grad_enabled()
+            and any(block.mrla_recompute_input for block in blocks)):
         for block in blocks:
             x = block(x, cache)
         return x

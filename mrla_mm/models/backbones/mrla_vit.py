@@ -84,9 +84,11 @@ class MRLATokenBranch(BaseModule):
             out = self.mrla(x_map, o_prev)
         else:
             out = self.mrla(x_map, history)
-        return torch.cat(
-            (x[:, :self.num_extra_tokens], out.flatten(2).transpose(1, 2)),
-            dim=1)
+        # Sizes, not flatten(2) or reshape(b, c, -1): the TorchScript
+        # exporter mistranslates both here.
+        tokens = out.reshape(x.shape[0], x.shape[2], hw[0] * hw[1]).transpose(
+            1, 2)
+        return torch.cat((x[:, :self.num_extra_tokens], tokens), dim=1)
 
 
 @CLS_MODELS.register_module()
@@ -174,7 +176,10 @@ class MRLAVisionTransformer(VisionTransformer):
         b = x.shape[0]
         x, patch_resolution = self.patch_embed(x)
         if self.cls_token is not None:
-            x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)
+            # Sizes, not expand(b, -1, -1): the TorchScript exporter
+            # mistranslates the -1 here.
+            cls_token = self.cls_token.expand(b, *self.cls_token.shape[1:])
+            x = torch.cat((cls_token, x), dim=1)
         x = x + resize_pos_embed(
             self.pos_embed,
             self.patch_resolution,
