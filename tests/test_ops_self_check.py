@@ -10,8 +10,10 @@ import torch
 from mrla_mm.ops import ext_loader, self_check
 from mrla_mm.ops.mrla_light import mrla_light_core, mrla_light_core_pytorch
 from mrla_mm.ops.self_check_cases import CASES, compare
+from devices import NO_CUDA
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+FORMATS = (torch.contiguous_format, torch.channels_last)
 # Smaller than the check's own maps: the CPU kernels have no slices.
 SHAPE = (2, 8, 16, 20)
 QUARTER = {k: v / 4 for k, v in self_check.TOLERANCES.items()}
@@ -60,6 +62,16 @@ def test_correct_kernels_pass(checked_cpu, op, dtype):
     PyTorch)."""
     assert compare(op, torch.device('cpu'), dtype, torch.contiguous_format,
                    QUARTER, SHAPE) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.parametrize('fmt', FORMATS, ids=['nchw', 'cl'])
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('op', sorted(CASES))
+def test_cuda_kernels_pass(op, dtype, fmt):
+    """On a GPU, each kind as the check itself runs it, within a quarter
+    of the tolerances."""
+    assert compare(op, torch.device('cuda'), dtype, fmt, QUARTER) is None
 
 
 def test_check_changes_no_output(checked_cpu, monkeypatch):

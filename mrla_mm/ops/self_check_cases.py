@@ -82,22 +82,28 @@ def _with_grads(out: Outputs, name: str, t: Inputs, fn: Callable,
         out[f'{name}: gradient of {k}'] = g
 
 
-def light_core(t: Inputs) -> Outputs:
+def _light_inputs(t: Inputs) -> Dict[str, Tensor]:
     b, c = t.shape[:2]
     x, o_prev = t.map(), t.map()
     weight, lam = t.small(c, 1, 3, 3), t.small(c)
-    gate = t.small(b, HEADS, positive=True)
+    return dict(x=x, value_weight=weight,
+                gate=t.small(b, HEADS, positive=True), lambda_t=lam,
+                o_prev=o_prev)
+
+
+def light_core(t: Inputs) -> Outputs:
+    c = t.shape[1]
+    inputs = _light_inputs(t)
     scale, shift = t.small(c, positive=True), t.small(c)
     out = {}
     for act in ('identity', 'gelu'):
         with torch.no_grad():
             out[f'{act}, inference'] = mrla_light_core(
-                x, weight, gate, lam, o_prev, act, scale=scale, shift=shift,
+                **inputs, value_act=act, scale=scale, shift=shift,
                 add_input=True)
         _with_grads(out, act, t,
                     lambda **a: mrla_light_core(**a, value_act=act),
-                    x=x, value_weight=weight, gate=gate, lambda_t=lam,
-                    o_prev=o_prev)
+                    **inputs)
     return out
 
 
@@ -112,10 +118,8 @@ def value_map(t: Inputs) -> Outputs:
 
 
 def light_batch_norm(t: Inputs) -> Outputs:
-    b, c = t.shape[:2]
-    x, o_prev = t.map(), t.map()
-    weight, lam = t.small(c, 1, 3, 3), t.small(c)
-    gate = t.small(b, HEADS, positive=True)
+    c = t.shape[1]
+    inputs = _light_inputs(t)
     gamma, beta = t.small(c, positive=True), t.small(c)
     mean, var = t.small(c), t.small(c, positive=True)
     out = {}
@@ -127,8 +131,7 @@ def light_batch_norm(t: Inputs) -> Outputs:
                     lambda **a: mrla_light_batch_norm(
                         **a, value_act=act, running_mean=stats[0],
                         running_var=stats[1], training=training),
-                    x=x, value_weight=weight, gate=gate, lambda_t=lam,
-                    o_prev=o_prev, weight=gamma, bias=beta)
+                    weight=gamma, bias=beta, **inputs)
         out[f'{name}: running statistics'] = torch.cat(stats)
     return out
 
