@@ -75,7 +75,10 @@ def load_ext():
 def ops_backend() -> str:
     """The path selected by ``MRLA_OPS_BACKEND`` (or
     :func:`forced_backend`)."""
-    forced = getattr(_forced, 'backend', None)
+    # Never forced in a torch.compile trace (no check runs there), which
+    # need not trace the thread-local.
+    forced = (None if torch.compiler.is_compiling() else getattr(
+        _forced, 'backend', None))
     if forced is not None:
         return forced
     backend = os.environ.get('MRLA_OPS_BACKEND', 'auto')
