@@ -23,9 +23,9 @@ from mrla_mm.ops.batch_norm_add_relu import (
 )
 from mrla_mm.ops.mrla_base_norm import RELEASE_CHUNK
 from conftest import rel_err
+from devices import DEVICES
 
 LIGHT, BASE = dict(type='MRLALight'), dict(type='MRLABase')
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 def _norms(c, dtype, training, seed=0):

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mrla_mm.models import MRLAResNet
 from conftest import rel_err
+from devices import DEVICES
 
 
 class _MapOps(TorchDispatchMode):
@@ -57,8 +58,7 @@ def _run(model, x, backend, monkeypatch):
     return outs, ops.names
 
 
-@pytest.mark.parametrize('device', ['cpu'] +
-                         (['cuda'] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('kind', ['MRLALight', 'MRLABase'])
 @pytest.mark.parametrize(
     'fmt', [torch.contiguous_format, torch.channels_last])

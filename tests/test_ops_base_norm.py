@@ -16,8 +16,7 @@ from mrla_mm.ops.mrla_base_norm import (
 )
 from mrla_mm.ops.mrla_value import mrla_value_map
 from conftest import rel_err
-
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+from devices import DEVICES
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,7 @@ from mrla_mm.ops.mrla_light_norm import (
     mrla_light_batch_norm_pytorch,
 )
 from conftest import rel_err
-
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+from devices import DEVICES
 
 
 @pytest.fixture(autouse=True)

@@ -23,10 +23,10 @@ from mrla_mm.ops.mrla_light import (
 from mrla_mm.ops.mrla_value import MRLAValueFunction, mrla_value_map
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 from conftest import rel_err
+from devices import DEVICES
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
 # The CUDA kernels run the same checks wherever a GPU is present.
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True, scope='module')

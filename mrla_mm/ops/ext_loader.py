@@ -21,13 +21,22 @@ While a model is exported (``torch.onnx.export``, with either exporter,
 or ``torch.export``) every op takes the PyTorch composition whatever the
 backend: the kernels are Python bindings that no exporter can trace, and
 the composition exports as standard ONNX operators.
+
+On CUDA each op's kernels are also checked against its PyTorch composition
+the first time they run for a device, dtype and memory format
+(:mod:`mrla_mm.ops.self_check`); ``auto`` leaves a kind that failed to
+PyTorch, ``compiled`` raises.
 """
+import contextlib
 import importlib
 import logging
 import os
-from typing import Iterable, Optional
+import threading
+from typing import Iterable, Iterator, Optional
 
 import torch
+
+from . import self_check
 
 logger = logging.getLogger('mrla_mm.ops')
 
@@ -52,6 +61,9 @@ CUDA_CL_SLOWER_WITH_GRAD = ('mrla_light_core', )
 _ext = None
 _ext_error: Optional[str] = None
 _logged = set()
+# The path a thread's ops take whatever MRLA_OPS_BACKEND says (the
+# self-check runs both), see forced_backend.
+_forced = threading.local()
 
 
 def load_ext():
@@ -66,7 +78,14 @@ def load_ext():
 
 
 def ops_backend() -> str:
-    """The path selected by ``MRLA_OPS_BACKEND``."""
+    """The path selected by ``MRLA_OPS_BACKEND`` (or
+    :func:`forced_backend`)."""
+    # Never forced in a torch.compile trace (no check runs there), which
+    # need not trace the thread-local.
+    forced = (None if torch.compiler.is_compiling() else getattr(
+        _forced, 'backend', None))
+    if forced is not None:
+        return forced
     backend = os.environ.get('MRLA_OPS_BACKEND', 'auto')
     if backend not in BACKENDS:
         raise ValueError(f'MRLA_OPS_BACKEND must be one of {BACKENDS}, got '
@@ -74,9 +93,25 @@ def ops_backend() -> str:
     return backend
 
 
+@contextlib.contextmanager
+def forced_backend(backend: str) -> Iterator[None]:
+    """Within the context this thread's ops take ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got '
+                         f'{backend!r}')
+    before = getattr(_forced, 'backend', None)
+    _forced.backend = backend
+    try:
+        yield
+    finally:
+        _forced.backend = before
+
+
 def _log_once(key: str, level: int, msg: str) -> None:
-    # A logging call inside a torch.compile trace would split its graph.
-    if key not in _logged and not torch.compiler.is_compiling():
+    # A logging call inside a torch.compile trace would split its graph;
+    # the self-check's own calls would log paths the caller's do not take.
+    if (key not in _logged and not torch.compiler.is_compiling()
+            and not self_check.running()):
         _logged.add(key)
         logger.log(level, msg)
 
@@ -155,9 +190,16 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
                   f'{op}: pure-PyTorch path, since {preference}')
         return False
     if reason is None:
-        _log_once(f'{op}:ext', logging.INFO,
-                  f'{op}: compiled path (mrla_mm._ext)')
-        return True
+        failure = self_check.failure(op, maps)
+        if failure is None:
+            _log_once(f'{op}:ext', logging.INFO,
+                      f'{op}: compiled path (mrla_mm._ext)')
+            return True
+        if backend == 'compiled':
+            raise RuntimeError(f'{op}: MRLA_OPS_BACKEND=compiled but '
+                               f'{failure}')
+        # self_check warned once; this kind takes PyTorch from now on.
+        return False
     if backend == 'compiled':
         raise RuntimeError(f'{op}: MRLA_OPS_BACKEND=compiled but {reason}')
     _log_once(f'{op}:{reason}', logging.WARNING,

@@ -3,7 +3,11 @@
 // sources and compile them as C++. The threads of a block are fibers
 // (ucontext) on one host thread: each runs until its next __syncthreads or
 // its end, in thread order, round after round, so a barrier holds as on a
-// GPU, and the running block's __shared__ arrays are plain statics.
+// GPU, and the running block's __shared__ arrays are plain statics. A
+// kernel whose first launch reached no barrier runs its threads as plain
+// calls from then on (fibers cost two context switches a thread, too many
+// for grids of 2^16 blocks); should it reach one after all, the launch
+// throws.
 #ifndef MRLA_CUDA_EMULATION_H
 #define MRLA_CUDA_EMULATION_H
 
@@ -12,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -35,8 +40,18 @@ struct MRLAEmulatedFiber {
 inline ucontext_t mrla_emulated_scheduler;
 inline MRLAEmulatedFiber* mrla_emulated_running = nullptr;
 inline void* mrla_emulated_body = nullptr;
+inline std::vector<MRLAEmulatedFiber> mrla_emulated_fibers;
+// Whether a thread of the launch reached a barrier; whether the threads
+// run as plain calls.
+inline bool mrla_emulated_synced = false, mrla_emulated_direct = false;
 
 inline void __syncthreads() {
+  if (mrla_emulated_direct) {
+    throw std::logic_error(
+        "emulated launch: a kernel reached __syncthreads that reached none "
+        "in its first launch");
+  }
+  mrla_emulated_synced = true;
   swapcontext(&mrla_emulated_running->context, &mrla_emulated_scheduler);
 }
 
@@ -68,9 +83,29 @@ void mrla_emulated_launch(F&& body, int64_t grid, int64_t block, Rest&&...) {
   using Body = std::remove_reference_t<F>;
   gridDim.x = static_cast<unsigned>(grid);
   blockDim.x = static_cast<unsigned>(block);
+  // Per launch site and instantiation (each has its own lambda type).
+  static bool barrier_free = false;
+  if (barrier_free) {
+    mrla_emulated_direct = true;
+    for (int64_t b = 0; b < grid; ++b) {
+      blockIdx.x = static_cast<unsigned>(b);
+      for (int64_t t = 0; t < block; ++t) {
+        threadIdx.x = static_cast<unsigned>(t);
+        try {
+          body();
+        } catch (...) {
+          mrla_emulated_direct = false;
+          throw;
+        }
+      }
+    }
+    mrla_emulated_direct = false;
+    return;
+  }
+  mrla_emulated_synced = false;
   mrla_emulated_body = const_cast<void*>(static_cast<const void*>(&body));
   // Kept from launch to launch: their stacks are allocated once.
-  static std::vector<MRLAEmulatedFiber> fibers;
+  std::vector<MRLAEmulatedFiber>& fibers = mrla_emulated_fibers;
   if (static_cast<int64_t>(fibers.size()) < block) fibers.resize(block);
   for (int64_t b = 0; b < grid; ++b) {
     blockIdx.x = static_cast<unsigned>(b);
@@ -94,6 +129,7 @@ void mrla_emulated_launch(F&& body, int64_t grid, int64_t block, Rest&&...) {
       }
     }
   }
+  barrier_free = !mrla_emulated_synced;
 }
 
 #endif  // MRLA_CUDA_EMULATION_H

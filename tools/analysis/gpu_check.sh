@@ -13,12 +13,17 @@
 # dtypes of the op benchmark (default bfloat16), SANITIZE=1 adds a
 # compute-sanitizer memcheck of the gradient checks, STEPS (names, space
 # separated) runs only those steps, to fit a short device lease.
+#
+# At its end it prints, when the tests step passed on a clean checkout of
+# the CUDA sources, the rows of docs/ops.md's table of where the CUDA
+# kernels ran, to paste there.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT_DIR=${1:-work_dirs/gpu_check}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 failed=()
+passed=()
 
 step() {
     local name=$1 limit=$2 lines=$3
@@ -35,7 +40,7 @@ step() {
     if [ "$rc" -ne 0 ] || ! grep -E '^\|' "$OUT_DIR/$name.log"; then
         tail -n "$lines" "$OUT_DIR/$name.log"
     fi
-    [ "$rc" -eq 0 ] || failed+=("$name")
+    if [ "$rc" -eq 0 ]; then passed+=("$name"); else failed+=("$name"); fi
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -50,7 +55,7 @@ $PY -c 'import xdist' 2>/dev/null && xdist=(-n 8)
 step tests 240 15 $PY -m pytest -q -p no:cacheprovider "${xdist[@]}" -k cuda \
     tests/test_ops_mrla.py tests/test_ops_light_norm.py \
     tests/test_ops_base_norm.py tests/test_fused_inference.py \
-    tests/test_batch_norm_add_relu.py
+    tests/test_batch_norm_add_relu.py tests/test_ops_self_check.py
 
 for dtype in ${OPS_DTYPES:-bfloat16}; do
     step "ops_$dtype" 90 40 $PY tools/analysis/benchmark_ops.py --device cuda \
@@ -80,6 +85,43 @@ if [ "${SANITIZE:-0}" = 1 ]; then
     step memcheck 100 6 compute-sanitizer --tool memcheck --error-exitcode 9 \
         $PY -m pytest -q -p no:cacheprovider -k 'cuda and gradcheck' \
         tests/test_ops_mrla.py
+fi
+
+# The rows of docs/ops.md's "Where the CUDA kernels ran", one per kernel
+# family: its sources' last change, and that this commit passed the CUDA
+# tests on this GPU.
+csrc=mrla_mm/ops/csrc
+shared="$csrc/common/cuda/mrla_common_cuda.cuh $csrc/pytorch/cuda/cudabind.cpp
+    $csrc/pytorch/pybind.cpp $csrc/common/mrla_map_checks.hpp"
+family_sources() {
+    case $1 in
+    MRLA-light) echo "$csrc/common/cuda/mrla_light_cuda_kernel.cuh
+        $csrc/pytorch/cuda/mrla_light_cuda.cu $csrc/pytorch/mrla_light.cpp
+        $csrc/common/mrla_norm.hpp $csrc/common/mrla_act.hpp" ;;
+    MRLA-base) echo "$csrc/common/cuda/mrla_base_cuda_kernel.cuh
+        $csrc/pytorch/cuda/mrla_base_cuda.cu $csrc/pytorch/mrla_base.cpp" ;;
+    residual_relu_pool) echo "$csrc/common/cuda/residual_relu_pool_cuda_kernel.cuh
+        $csrc/pytorch/cuda/residual_relu_pool_cuda.cu
+        $csrc/pytorch/residual_relu_pool.cpp
+        $csrc/common/residual_relu_pool.hpp" ;;
+    esac
+}
+if [[ " ${passed[*]} " != *" tests "* ]]; then
+    echo "[gpu_check] no rows for docs/ops.md: the tests step did not pass"
+elif [ -n "$(git status --porcelain -- "$csrc")" ]; then
+    echo "[gpu_check] no rows for docs/ops.md: $csrc has uncommitted" \
+        "changes, so no commit holds the sources tested"
+else
+    commit="$(git log -1 --format='%h (%ad)' --date=short)"
+    gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
+    command="\`STEPS=\"${STEPS:-all}\" bash tools/analysis/gpu_check.sh\`"
+    echo "[gpu_check] rows for docs/ops.md (Where the CUDA kernels ran):"
+    for family in MRLA-light MRLA-base residual_relu_pool; do
+        # shellcheck disable=SC2046
+        changed="$(git log -1 --format=%h -- $(family_sources "$family") \
+            $shared)"
+        echo "| $family | $changed | $commit | $gpu | $command | passed |"
+    done
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
