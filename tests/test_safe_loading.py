@@ -188,3 +188,27 @@ def test_publisher_reads_it_safely_and_the_release_loads_without_mrla_mm(
         "ckpt = torch.load(sys.argv[1]); assert 'sys' not in ckpt; "
         "assert 'mrla_mm' not in sys.modules", info['path']
     ], cwd=ROOT, check=True)
+
+
+def test_exporter_reads_a_training_checkpoint(trained, tmp_path):
+    onnx = pytest.importorskip(
+        'onnx', reason='onnx is not installed (pip install -e .[deploy])')
+    pytest.importorskip(
+        'onnxruntime',
+        reason='onnxruntime is not installed (pip install -e .[deploy])')
+    out = tmp_path / 'backbone.onnx'
+    proc = run_tool([
+        sys.executable, 'tools/deployment/export_onnx.py', trained['config'],
+        trained['ckpt'], str(out), '--part', 'backbone', '--shape', '64', '64',
+        '--exporter', 'torchscript'
+    ])
+    assert 'max relative error' in proc.stdout
+    # The trained weights are in the file: lambda_t is exported as it is.
+    lam = torch.load(trained['ckpt'])['state_dict'][
+        'backbone.layer1.0.mrla.lambda_t'].flatten()
+    initializers = [
+        torch.from_numpy(onnx.numpy_helper.to_array(t).copy()).flatten()
+        for t in onnx.load(str(out)).graph.initializer
+    ]
+    assert any(t.shape == lam.shape and torch.equal(t, lam)
+               for t in initializers)
