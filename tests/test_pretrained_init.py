@@ -351,3 +351,43 @@ def test_missing_file_fails_at_construction(tmp_path, cls):
     assert 'torchvision://' not in message
     # URLs are read when the weights are initialised.
     cls(depth=18, init_cfg=pretrained('torchvision://resnet18'))
+
+
+class _Detector(torch.nn.Module):
+    """A model holding an MRLA backbone under ``backbone.``, as a detector
+    does; what ``load_from``, ``--resume`` and ``test.py`` load into."""
+
+    def __init__(self, mrla_cfg, **kwargs):
+        super().__init__()
+        self.backbone = MRLAResNet(mrla_cfg=mrla_cfg, **{**SMALL, **kwargs})
+        self.head = torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize('source,target,message', [
+    (dict(mrla_cfg=LIGHT), dict(mrla_cfg=BASE),
+     'the checkpoint is MRLA-light (lambda_t), the backbone MRLA-base'),
+    (dict(mrla_cfg=BASE), dict(mrla_cfg=LIGHT),
+     'the checkpoint is MRLA-base (no lambda_t), the backbone MRLA-light'),
+    (dict(mrla_cfg=None), dict(mrla_cfg=LIGHT),
+     "backbone key(s) not in the checkpoint, first 'layer1.0.mrla."),
+    (dict(mrla_cfg=LIGHT), dict(mrla_cfg=LIGHT, depth=34),
+     'blocks per stage: checkpoint (2, 2, 2, 2), backbone (3, 4, 6, 3)'),
+])
+def test_mmengine_load_of_another_architecture_fails(tmp_path, source,
+                                                     target, message):
+    """mmengine's non-strict ``load_checkpoint`` (``load_from``, resume,
+    ``test.py``) into an MRLA backbone: any architecture mismatch fails
+    before a weight is used; a checkpoint of the same architecture loads."""
+    from mmengine.runner import load_checkpoint
+    path = tmp_path / 'detector.pth'
+    torch.save(dict(state_dict=_Detector(**source).state_dict()), path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(_Detector(**target), str(path))
+    assert "entries under 'backbone.' do not fit MRLAResNet" in str(
+        error.value)
+    assert message in str(error.value)
+    same = _Detector(**source)
+    load_checkpoint(same, str(path), strict=True)
+    saved = torch.load(path)['state_dict']
+    assert all(torch.equal(v, saved[k])
+               for k, v in same.state_dict().items())

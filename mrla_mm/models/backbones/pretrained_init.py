@@ -171,6 +171,15 @@ class PretrainedInitMixin:
         lines.append('See docs/detection.md, "From ImageNet to COCO".')
         return '\n'.join(lines)
 
+    _mrla_load_checked = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Every load of a state dict holding this backbone's weights passes
+        # here first, mmengine's non-strict ones included.
+        if not self._mrla_load_checked:
+            check_loaded_architecture(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def init_weights(self) -> None:
         """Initialise as the host does, then load a ``Pretrained``
         ``init_cfg`` strictly (see :func:`load_pretrained_backbone`)."""
@@ -320,6 +329,56 @@ def _mismatch_report(weights: Dict[str, Tensor], expected: Dict[str, Tensor],
     return lines
 
 
+def _fit_report(weights: Dict[str, Tensor], expected: Dict[str, Tensor],
+                may_miss=frozenset(), ignored=()) -> List[str]:
+    """What keeps ``weights`` from loading into a backbone whose state
+    dict is ``expected`` (empty when they fit): entries of another shape,
+    entries missing but for ``may_miss`` and BatchNorm counters, entries
+    the backbone lacks but for ``ignored``."""
+    mismatched = [
+        k for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    missing = [
+        k for k in expected if k not in weights and k not in may_miss
+        and not k.endswith('num_batches_tracked')
+    ]
+    unexpected = [
+        k for k in weights if k not in expected and k not in ignored
+    ]
+    if not (mismatched or missing or unexpected):
+        return []
+    return _mismatch_report(weights, expected, mismatched, missing,
+                            unexpected)
+
+
+def check_loaded_architecture(backbone: nn.Module,
+                              state_dict: Dict[str, Tensor],
+                              prefix: str) -> None:
+    """Raise :class:`CheckpointError` when the entries of ``state_dict``
+    under ``prefix`` are meant for ``backbone`` (one of its keys is there)
+    but do not fit it exactly: the other MRLA type, another depth, no MRLA
+    at all. mmengine loads ``load_from``, ``--resume`` and the checkpoint of
+    ``test.py`` non-strictly, which would leave such a model half loaded
+    after one warning."""
+    expected = backbone.state_dict()
+    weights = {
+        k[len(prefix):]: v
+        for k, v in state_dict.items() if k.startswith(prefix)
+    }
+    if not any(k in expected for k in weights):
+        return
+    report = _fit_report(weights, expected)
+    if report:
+        raise CheckpointError(
+            f"the checkpoint's entries under {prefix!r} do not fit "
+            f'{type(backbone).__name__} (a checkpoint of another '
+            'architecture); nothing of it should be loaded:\n  ' +
+            '\n  '.join(report) + '\n  an ImageNet checkpoint without '
+            "MRLA loads through init_cfg=dict(type='Pretrained', ...), "
+            'which starts the MRLA branches as the identity')
+
+
 def load_pretrained_backbone(backbone: nn.Module,
                              checkpoint: str,
                              prefix: Optional[str] = None,
@@ -348,27 +407,21 @@ def load_pretrained_backbone(backbone: nn.Module,
     weights = _match_stem_names(weights, expected)
     blocks, mrla_keys = _mrla_entries(backbone)
     without_mrla = not any(k in weights for k in mrla_keys)
-    skip = set(mrla_keys) if without_mrla else set()
-    mismatched = [
-        k for k, v in weights.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    missing = [
-        k for k in expected if k not in weights and k not in skip
-        and not k.endswith('num_batches_tracked')
-    ]
     head = [k for k in weights
             if k not in expected and k.startswith(HEAD_PREFIXES)]
-    unexpected = [k for k in weights if k not in expected and k not in head]
-    if mismatched or missing or unexpected:
-        report = _mismatch_report(weights, expected, mismatched, missing,
-                                  unexpected)
+    report = _fit_report(weights, expected,
+                         set(mrla_keys) if without_mrla else set(), head)
+    if report:
         raise CheckpointError(
             f'{checkpoint} ({where}) does not fit {name}; nothing was '
             'loaded:\n  ' + '\n  '.join(report))
-    backbone.load_state_dict(
-        OrderedDict((k, v) for k, v in weights.items() if k in expected),
-        strict=False)
+    backbone._mrla_load_checked = True
+    try:
+        backbone.load_state_dict(
+            OrderedDict((k, v) for k, v in weights.items() if k in expected),
+            strict=False)
+    finally:
+        backbone._mrla_load_checked = False
     if without_mrla:
         for block in blocks:
             norm = block.mrla_norm
