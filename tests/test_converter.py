@@ -58,6 +58,7 @@ def test_cli_round_trip(tmp_path, mode):
 
 
 def test_mmpretrain_format_keeps_head(tmp_path):
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
 
     import mrla_mm  # noqa: F401
@@ -66,12 +67,14 @@ def test_mmpretrain_format_keeps_head(tmp_path):
     _save_authors_ckpt(src, sd, ddp=False)
     out = _run_tool(src, dst, '--format', 'mmpretrain', '--keep-head')
     assert out.returncode == 0, out.stderr
-    model = MODELS.build(
-        dict(type='ImageClassifier',
-             backbone=dict(type='MRLAResNet', depth=50),
-             neck=dict(type='GlobalAveragePooling'),
-             head=dict(type='LinearClsHead', num_classes=1000,
-                       in_channels=2048)))
+    # An earlier test's Runner may have left mmdet as the current scope.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(
+            dict(type='ImageClassifier',
+                 backbone=dict(type='MRLAResNet', depth=50),
+                 neck=dict(type='GlobalAveragePooling'),
+                 head=dict(type='LinearClsHead', num_classes=1000,
+                           in_channels=2048)))
     state = torch.load(dst, map_location='cpu')['state_dict']
     model.load_state_dict(state, strict=True)
     assert torch.equal(model.head.fc.weight, sd['fc.weight'])
