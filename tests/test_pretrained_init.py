@@ -368,9 +368,9 @@ class _Detector(torch.nn.Module):
      'the checkpoint is MRLA-light (lambda_t), the backbone MRLA-base'),
     (dict(mrla_cfg=BASE), dict(mrla_cfg=LIGHT),
      'the checkpoint is MRLA-base (no lambda_t), the backbone MRLA-light'),
-    (dict(mrla_cfg=None), dict(mrla_cfg=LIGHT),
-     "backbone key(s) not in the checkpoint, first 'layer1.0.mrla."),
     (dict(mrla_cfg=LIGHT), dict(mrla_cfg=LIGHT, depth=34),
+     'blocks per stage: checkpoint (2, 2, 2, 2), backbone (3, 4, 6, 3)'),
+    (dict(mrla_cfg=None), dict(mrla_cfg=LIGHT, depth=34),
      'blocks per stage: checkpoint (2, 2, 2, 2), backbone (3, 4, 6, 3)'),
 ])
 def test_mmengine_load_of_another_architecture_fails(tmp_path, source,
@@ -391,3 +391,17 @@ def test_mmengine_load_of_another_architecture_fails(tmp_path, source,
     saved = torch.load(path)['state_dict']
     assert all(torch.equal(v, saved[k])
                for k, v in same.state_dict().items())
+
+
+def test_mmengine_load_without_mrla_warns(tmp_path, logged):
+    """A ResNet checkpoint without MRLA loads into the MRLA backbone of the
+    same depth with only the MRLA entries missing, and says so."""
+    from mmengine.runner import load_checkpoint
+    path = tmp_path / 'plain.pth'
+    plain = _Detector(mrla_cfg=None).state_dict()
+    torch.save(dict(state_dict=plain), path)
+    model = _Detector(mrla_cfg=LIGHT)
+    load_checkpoint(model, str(path))
+    assert all(torch.equal(v, model.state_dict()[k])
+               for k, v in plain.items())
+    assert any("hold no MRLA weights" in line for line in logged)

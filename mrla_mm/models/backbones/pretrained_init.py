@@ -24,6 +24,7 @@ themselves:
   mismatching, missing or unexpected key with its shapes, and nothing is
   loaded.
 """
+import logging
 import os
 import os.path as osp
 import re
@@ -357,10 +358,12 @@ def check_loaded_architecture(backbone: nn.Module,
                               prefix: str) -> None:
     """Raise :class:`CheckpointError` when the entries of ``state_dict``
     under ``prefix`` are meant for ``backbone`` (one of its keys is there)
-    but do not fit it exactly: the other MRLA type, another depth, no MRLA
-    at all. mmengine loads ``load_from``, ``--resume`` and the checkpoint of
+    but do not fit it: the other MRLA type, another depth or width.
+    mmengine loads ``load_from``, ``--resume`` and the checkpoint of
     ``test.py`` non-strictly, which would leave such a model half loaded
-    after one warning."""
+    after one warning. A checkpoint without any MRLA weight (an ImageNet
+    ResNet) loads with the MRLA entries missing, with a warning.
+    """
     expected = backbone.state_dict()
     weights = {
         k[len(prefix):]: v
@@ -368,15 +371,25 @@ def check_loaded_architecture(backbone: nn.Module,
     }
     if not any(k in expected for k in weights):
         return
-    report = _fit_report(weights, expected)
+    name = type(backbone).__name__
+    _, mrla_keys = _mrla_entries(backbone)
+    without_mrla = not any(k in weights for k in mrla_keys)
+    head = [k for k in weights
+            if k not in expected and k.startswith(HEAD_PREFIXES)]
+    report = _fit_report(weights, expected,
+                         set(mrla_keys) if without_mrla else set(), head)
     if report:
         raise CheckpointError(
-            f"the checkpoint's entries under {prefix!r} do not fit "
-            f'{type(backbone).__name__} (a checkpoint of another '
-            'architecture); nothing of it should be loaded:\n  ' +
-            '\n  '.join(report) + '\n  an ImageNet checkpoint without '
-            "MRLA loads through init_cfg=dict(type='Pretrained', ...), "
-            'which starts the MRLA branches as the identity')
+            f"the checkpoint's entries under {prefix!r} do not fit {name} "
+            '(a checkpoint of another architecture); nothing of it should '
+            'be loaded:\n  ' + '\n  '.join(report))
+    if without_mrla and mrla_keys:
+        print_log(
+            f"{name}: the checkpoint's entries under {prefix!r} hold no MRLA "
+            'weights (a ResNet without MRLA): the MRLA branches keep their '
+            'current values. To start them as the identity, load it '
+            "through init_cfg=dict(type='Pretrained', ...)",
+            logger='current', level=logging.WARNING)
 
 
 def load_pretrained_backbone(backbone: nn.Module,
