@@ -353,6 +353,21 @@ def _fit_report(weights: Dict[str, Tensor], expected: Dict[str, Tensor],
                             unexpected)
 
 
+def _backbone_fit(backbone: nn.Module, weights: Dict[str, Tensor],
+                  expected: Dict[str, Tensor]):
+    """``(blocks, mrla_keys, without_mrla, report)``: the backbone's MRLA
+    blocks and entries, whether ``weights`` hold none of those entries (an
+    ImageNet ResNet, which may then miss them all), and the
+    :func:`_fit_report` of ``weights``, a classifier head ignored."""
+    blocks, mrla_keys = _mrla_entries(backbone)
+    without_mrla = not any(k in weights for k in mrla_keys)
+    head = [k for k in weights
+            if k not in expected and k.startswith(HEAD_PREFIXES)]
+    report = _fit_report(weights, expected,
+                         set(mrla_keys) if without_mrla else set(), head)
+    return blocks, mrla_keys, without_mrla, report
+
+
 def check_loaded_architecture(backbone: nn.Module,
                               state_dict: Dict[str, Tensor],
                               prefix: str) -> None:
@@ -372,12 +387,8 @@ def check_loaded_architecture(backbone: nn.Module,
     if not any(k in expected for k in weights):
         return
     name = type(backbone).__name__
-    _, mrla_keys = _mrla_entries(backbone)
-    without_mrla = not any(k in weights for k in mrla_keys)
-    head = [k for k in weights
-            if k not in expected and k.startswith(HEAD_PREFIXES)]
-    report = _fit_report(weights, expected,
-                         set(mrla_keys) if without_mrla else set(), head)
+    _, mrla_keys, without_mrla, report = _backbone_fit(
+        backbone, weights, expected)
     if report:
         raise CheckpointError(
             f"the checkpoint's entries under {prefix!r} do not fit {name} "
@@ -418,12 +429,8 @@ def load_pretrained_backbone(backbone: nn.Module,
     weights, where, left = _backbone_part(
         _state_dict_of(loaded, checkpoint), prefix, expected, checkpoint)
     weights = _match_stem_names(weights, expected)
-    blocks, mrla_keys = _mrla_entries(backbone)
-    without_mrla = not any(k in weights for k in mrla_keys)
-    head = [k for k in weights
-            if k not in expected and k.startswith(HEAD_PREFIXES)]
-    report = _fit_report(weights, expected,
-                         set(mrla_keys) if without_mrla else set(), head)
+    blocks, mrla_keys, without_mrla, report = _backbone_fit(
+        backbone, weights, expected)
     if report:
         raise CheckpointError(
             f'{checkpoint} ({where}) does not fit {name}; nothing was '
@@ -462,7 +469,8 @@ def load_pretrained_backbone(backbone: nn.Module,
             'MRLA branches keep their initialisation and start as the '
             'identity (weight and bias of each branch norm at 0)',
             logger='current')
-    ignored = left + head
+    # The report is empty: what the backbone lacks is a classifier head.
+    ignored = left + [k for k in weights if k not in expected]
     if ignored:
         print_log(
             f'{name}: ignored {len(ignored)} checkpoint entries outside the '
