@@ -30,11 +30,14 @@ from mrla_mm.ops.mrla_light_norm import (
 from mrla_mm.ops.mrla_math import base_combine, base_weights, channel_affine
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 
-# ResNet-50 stages at batch 8x224 and an FPN level of a detector input.
+# ResNet-50 stages at batch 8x224 and an FPN level of a detector input;
+# then the planes on either side of auto's CPU threshold
+# (ext_loader.CPU_MIN_PLANE).
 SHAPES = dict(
     layer1=(8, 256, 56, 56), layer2=(8, 512, 28, 28),
     layer3=(8, 1024, 14, 14), layer4=(8, 2048, 7, 7),
-    det_c2=(2, 256, 200, 304))
+    det_c2=(2, 256, 200, 304), plane3x3=(8, 2048, 3, 3),
+    plane4x4=(8, 2048, 4, 4))
 
 
 def parse_args():
