@@ -119,10 +119,10 @@ def test_demo_config_trains_and_evaluates(tmp_path):
 def test_demo_config_trains_with_amp_on_cpu(tmp_path):
     """``tools/train.py --amp`` on an mmpretrain config: bfloat16 autocast
     through CPUAmpOptimWrapper, found in mmpretrain's registry. Two
-    iterations of the folder demo on a few 16x16 images."""
+    iterations of the folder demo on a few 64x64 images."""
     data = tmp_path / 'cls_demo'
     run_tool([sys.executable, MAKE_DATA, data, '--num-train', '2',
-              '--num-val', '1', '--img-size', '16'])
+              '--num-val', '1', '--img-size', '64'])
     work_dir = tmp_path / 'amp'
     roots = [f'{loader}.dataset.data_root={data}'
              for loader in ('train_dataloader', 'val_dataloader')]
