@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch.nn as nn
 
+from mrla_mm.analysis import model_complexity
 from mrla_mm.models import MRLAResNet
-from mrla_mm.utils.complexity import model_complexity
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

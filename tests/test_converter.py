@@ -5,19 +5,20 @@ import sys
 import pytest
 import torch
 
-from mrla_mm.models import MRLAResNet
-from mrla_mm.utils import (
+from mrla_mm.converters import (
     CheckpointError,
     check_state_dict,
     convert,
     detect_arch,
     load_reference_checkpoint,
 )
+from mrla_mm.models import MRLAResNet
 import mrla_reference as R
 from conftest import rel_err
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOL = osp.join(ROOT, 'tools', 'model_converters', 'mrla_to_mmdet.py')
+TOOL = osp.join(ROOT, 'tools', 'model_converters',
+                'mrla_official_to_openmmlab.py')
 
 
 def _save_authors_ckpt(path, sd, ddp=True):

@@ -78,7 +78,7 @@ def test_coco_config_settings(path):
         header = f.read().split('_base_')[0]
     assert (f'python tools/train.py configs/mrla_cls/resnet{depth}-'
             f'{variant}_8xb32_in1k.py') in header
-    assert 'mrla_to_mmdet.py' in header
+    assert 'mrla_official_to_openmmlab.py' in header
     assert backbone.init_cfg.checkpoint in header
     assert 'stops while building the model, before any' in header
     assert (f'model.backbone.init_cfg.checkpoint=torchvision://resnet{depth}'
@@ -126,7 +126,8 @@ def test_coco_config_without_checkpoint_stops_before_data(
     assert message.startswith(
         f"model.backbone.init_cfg.checkpoint='{checkpoint}': no such file")
     assert 'python tools/train.py configs/mrla_cls/' in message
-    assert 'python tools/model_converters/mrla_to_mmdet.py' in message
+    assert ('python tools/model_converters/mrla_official_to_openmmlab.py'
+            in message)
     assert not dataset_builds
 
 

@@ -59,6 +59,34 @@ def test_autocast_covers_backbone_and_neck_only():
     assert set(seen.values()) == {torch.float32}
 
 
+class TinyClassifier(nn.Module):
+    """An mmpretrain ViT classifier's layout: no neck."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, 3)
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def test_default_autocast_skips_a_missing_neck():
+    model = TinyClassifier()
+    wrapper = CPUAmpOptimWrapper(
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    seen, out = _dtypes(model, torch.rand(2, 3, 8, 8), wrapper)
+    assert seen == dict(backbone=torch.bfloat16, head=torch.float32)
+    assert out.dtype == torch.float32
+    # Named explicitly, a missing neck is an error.
+    named = CPUAmpOptimWrapper(
+        autocast_modules=('backbone', 'neck'),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="names 'neck'"):
+        with named.optim_context(model):
+            pass
+
+
 def test_bf16_result_close_to_fp32():
     model = TinyDetector()
     wrapper = CPUAmpOptimWrapper(

@@ -12,8 +12,8 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mrla_mm  # noqa: F401
+from mrla_mm.checkpoint.integrity import HASH_SUFFIX
 from mrla_mm.models import skip_backbone_pretrained
-from mrla_mm.utils.checkpoint_integrity import HASH_SUFFIX
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # Config folders that are not model-zoo families; in a family folder,
@@ -144,7 +144,7 @@ def test_flops_are_reproducible(mrla):
     """Re-measure the cheapest entry of each MRLA type that lists FLOPs
     (DeiT-tiny; the ResNets take minutes, tests/test_complexity.py
     checks ResNet-50's)."""
-    from mrla_mm.utils.complexity import model_complexity
+    from mrla_mm.analysis import model_complexity
     listed = [m for _, m in MODELS
               if 'FLOPs' in m['Metadata'] and f'-{mrla}_' in m['Name']]
     assert listed

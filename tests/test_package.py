@@ -31,25 +31,91 @@ def test_backbones_in_their_registries():
     assert DET_MODELS.get('MRLAResNet') is not CLS_MODELS.get('MRLAResNet')
 
 
-def test_ops_import_without_openmmlab():
-    # mrla_mm.ops must work on a machine with torch alone (the GPU box).
-    code = ('import sys, builtins\n'
-            'real = builtins.__import__\n'
-            'def guard(name, *a, **k):\n'
-            '    if name.split(".")[0] in ("mmengine", "mmcv", "mmdet",\n'
-            '                              "mmpretrain"):\n'
-            '        raise ModuleNotFoundError(name)\n'
-            '    return real(name, *a, **k)\n'
-            'builtins.__import__ = guard\n'
-            'import importlib.util\n'
-            'importlib.util.find_spec = lambda n, *a: None\n'
-            'import mrla_mm.ops as ops\n'
-            'print(ops.adaptive_kernel_size(2048))\n')
+OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmpretrain')
+
+
+def _run_python(code):
     out = subprocess.run([sys.executable, '-c', code],
-                         capture_output=True,
-                         text=True,
-                         check=True)
-    assert out.stdout.strip() == '7'
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_ops_import_with_torch_alone():
+    """mrla_mm.ops on a machine with torch alone (the GPU box): OpenMMLab
+    is installed here, so a meta-path finder refuses it the way a missing
+    package would, and none of it may end up imported."""
+    code = f"""
+import sys
+
+BLOCKED = {OPENMMLAB!r}
+refused = []
+
+
+class RefuseOpenMMLab:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+            refused.append(name)
+            raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)
+        return None
+
+
+sys.meta_path.insert(0, RefuseOpenMMLab())
+import mrla_mm.ops as ops
+print(ops.adaptive_kernel_size(2048))
+print(sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED))
+print(sorted(m for m in sys.modules if m.startswith('mrla_mm.')
+             and not m.startswith('mrla_mm.ops')))
+print(sorted(set(refused)))
+try:
+    import mrla_mm.registry
+except ImportError as e:
+    print(e.name)
+"""
+    lines = _run_python(code).splitlines()
+    assert lines[0] == '7'
+    # Nothing of OpenMMLab got imported, nor the OpenMMLab half of the
+    # package (the import of the ops did not even reach the registries).
+    assert lines[1] == '[]'
+    assert lines[2] == "['mrla_mm.version']"
+    # The package asked for mmengine only, and took no for an answer.
+    assert lines[3] == "['mmengine']"
+    # The OpenMMLab half itself says what is missing.
+    assert lines[4] == 'mmdet'
+
+
+def test_custom_imports_registers_everything_in_a_fresh_process(tmp_path):
+    """A config's ``custom_imports=['mrla_mm']`` is all a fresh process
+    needs: every module registered where both codebases' configs and
+    runners look them up."""
+    path = tmp_path / 'cfg.py'
+    path.write_text(
+        "custom_imports = dict(imports=['mrla_mm'], "
+        'allow_failed_imports=False)\n')
+    code = f"""
+from mmengine.config import Config
+Config.fromfile({str(path)!r})
+from mmdet.registry import MODELS as D, OPTIM_WRAPPERS as DO
+from mmpretrain.registry import MODELS as C, OPTIM_WRAPPERS as CO
+for registry, names in (
+        (D, ['MRLALight', 'MRLABase', 'MRLAResNet', 'MRLAResNeXt']),
+        (C, ['MRLALight', 'MRLABase', 'MRLAResNet', 'MRLAClsResNet',
+             'MRLAVisionTransformer']),
+        (DO, ['CPUAmpOptimWrapper']), (CO, ['CPUAmpOptimWrapper'])):
+    for name in names:
+        print(registry.scope, name, registry.get(name).__name__)
+"""
+    lines = _run_python(code).splitlines()
+    assert lines == [
+        'mmdet MRLALight MRLALight', 'mmdet MRLABase MRLABase',
+        'mmdet MRLAResNet MRLAResNet', 'mmdet MRLAResNeXt MRLAResNeXt',
+        'mmpretrain MRLALight MRLALight', 'mmpretrain MRLABase MRLABase',
+        'mmpretrain MRLAResNet MRLAClsResNet',
+        'mmpretrain MRLAClsResNet MRLAClsResNet',
+        'mmpretrain MRLAVisionTransformer MRLAVisionTransformer',
+        'mmdet CPUAmpOptimWrapper CPUAmpOptimWrapper',
+        'mmpretrain CPUAmpOptimWrapper CPUAmpOptimWrapper'
+    ]
 
 
 DET_CFG = """

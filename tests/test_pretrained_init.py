@@ -12,10 +12,10 @@ from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS as CLS_MODELS
 
 import mrla_mm  # noqa: F401
+from mrla_mm.checkpoint.publish import publish_checkpoint
+from mrla_mm.converters import CheckpointError, convert
 from mrla_mm.models import MRLAClsResNet, MRLAResNet
 from mrla_mm.models.backbones import pretrained_init
-from mrla_mm.utils import CheckpointError, convert
-from mrla_mm.utils.publish import publish_checkpoint
 import mrla_reference as R
 
 SMALL = dict(depth=18, stem_channels=16, base_channels=16,
@@ -338,7 +338,7 @@ def test_missing_file_fails_at_construction(tmp_path, cls):
         f"model.backbone.init_cfg.checkpoint='{path}': no such file")
     assert ('python tools/train.py configs/mrla_cls/'
             'resnet50-mrlal_8xb32_in1k.py') in message
-    assert ('python tools/model_converters/mrla_to_mmdet.py '
+    assert ('python tools/model_converters/mrla_official_to_openmmlab.py '
             f'r50_mrlal_77.75.pth.tar {path}') in message
     assert ('--cfg-options model.backbone.init_cfg.checkpoint='
             'torchvision://resnet50') in message

@@ -17,18 +17,18 @@ from mmengine.runner import CheckpointLoader, load_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mrla_mm
-from mrla_mm.models import MRLAResNet
-from mrla_mm.utils.checkpoint_integrity import (
+from mrla_mm.checkpoint.integrity import (
     HASH_CHECK_ENV,
     CheckpointHashError,
     load_from_local_sha256,
     verify_checkpoint_hash,
 )
-from mrla_mm.utils.publish import (
+from mrla_mm.checkpoint.publish import (
     PublishError,
     publish_checkpoint,
     published_name,
 )
+from mrla_mm.models import MRLAResNet
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PUBLISHED = re.compile(r'^(.*)-([0-9a-f]{8,64})\.pth$')
@@ -286,7 +286,7 @@ def test_fp16_overflow_is_refused(tmp_path):
 def test_bad_inputs_are_refused(tmp_path):
     deit = str(tmp_path / 'best_checkpoint.pth')
     torch.save(dict(model={'w': torch.zeros(2)}, epoch=3), deit)
-    with pytest.raises(PublishError, match='mrla_to_mmdet.py'):
+    with pytest.raises(PublishError, match='mrla_official_to_openmmlab.py'):
         publish_checkpoint(deit, str(tmp_path / 'out'))
     unsafe = str(tmp_path / 'unsafe.pth')
     torch.save(

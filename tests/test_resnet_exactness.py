@@ -3,8 +3,8 @@ in the authors' checkpoint layout passed through our converter."""
 import pytest
 import torch
 
+from mrla_mm.converters import convert
 from mrla_mm.models import MRLAResNet
-from mrla_mm.utils import convert
 import mrla_reference as R
 from conftest import rel_err
 

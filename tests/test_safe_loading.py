@@ -19,7 +19,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mrla_mm  # noqa: F401  allow-lists mmengine's checkpoint classes
-from mrla_mm.utils.safe_loading import (
+from mrla_mm.checkpoint.safe_loading import (
     mmengine_checkpoint_globals,
     torch_defaults_only,
 )
@@ -168,8 +168,11 @@ def test_visualiser_as_documented(trained, tmp_path):
 
 
 def test_converter_reads_a_training_checkpoint(trained):
-    from mrla_mm.utils import CheckpointError, detect_arch
-    from mrla_mm.utils.ckpt_convert import load_reference_checkpoint
+    from mrla_mm.converters import (
+        CheckpointError,
+        detect_arch,
+        load_reference_checkpoint,
+    )
     weights = load_reference_checkpoint(trained['ckpt'])
     assert set(weights) == set(torch.load(trained['ckpt'])['state_dict'])
     # It is already in our layout, which the converter says.
@@ -179,7 +182,7 @@ def test_converter_reads_a_training_checkpoint(trained):
 
 def test_publisher_reads_it_safely_and_the_release_loads_without_mrla_mm(
         trained):
-    from mrla_mm.utils.publish import publish_checkpoint
+    from mrla_mm.checkpoint.publish import publish_checkpoint
     info = publish_checkpoint(trained['ckpt'],
                               str(trained['tmp'] / 'release' / 'demo.pth'))
     # A process that never imported mrla_mm (nothing allow-listed).

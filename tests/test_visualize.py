@@ -1,4 +1,5 @@
 """The layer-attention visualiser on tiny MRLA models."""
+import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -12,21 +13,35 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mrla_mm  # noqa: F401
+from mrla_mm.converters import CheckpointError
 from mrla_mm.models import MRLABase, MRLALight
-from mrla_mm.utils import CheckpointError
-from mrla_mm.utils.layer_attention import (
+from mrla_mm.visualization import (
     BaseGroupAttention,
     LayerAttention,
     LayerAttentionRecorder,
     LightGroupAttention,
-    build_model_from_checkpoint,
     group_name,
     layer_attention_figures,
-    record_layer_attention,
-    visualize_layer_attention,
 )
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _load_tool():
+    """tools/analysis/visualize_layer_attention.py, which loads the
+    checkpoint and prepares the images with the config's pipeline."""
+    spec = importlib.util.spec_from_file_location(
+        'visualize_layer_attention_tool',
+        osp.join(ROOT, 'tools', 'analysis', 'visualize_layer_attention.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+TOOL = _load_tool()
+build_model_from_checkpoint = TOOL.build_model_from_checkpoint
+record_layer_attention = TOOL.record_layer_attention
+visualize_layer_attention = TOOL.visualize_layer_attention
 
 CLASSIFIER = """
 default_scope = 'mmpretrain'

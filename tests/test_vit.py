@@ -11,14 +11,20 @@ from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
 import mrla_mm  # noqa: F401
+from mrla_mm.converters import (
+    CheckpointError,
+    build_deit_backbone,
+    check_state_dict,
+    convert,
+    convert_deit,
+)
 from mrla_mm.models import MRLAVisionTransformer
-from mrla_mm.utils import CheckpointError, check_state_dict, convert
-from mrla_mm.utils.deit_convert import build_deit_backbone, convert_deit
 import mrla_reference_vit as RV
 from conftest import rel_err
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOL = osp.join(ROOT, 'tools', 'model_converters', 'mrla_to_mmdet.py')
+TOOL = osp.join(ROOT, 'tools', 'model_converters',
+                'mrla_official_to_openmmlab.py')
 # A small DeiT: 4 self-attention heads, 4 MRLA heads of 16 channels.
 ARCH = dict(embed_dims=64, num_layers=8, num_heads=4,
             feedforward_channels=256)

@@ -11,7 +11,7 @@
 #   # then copy work_dirs/resnet50-mrlal_8xb32_in1k/epoch_100.pth to
 #   # checkpoints/resnet50_mrlal_in1k_mmdet.pth
 # or convert the authors' ImageNet checkpoint (not published):
-#   python tools/model_converters/mrla_to_mmdet.py \
+#   python tools/model_converters/mrla_official_to_openmmlab.py \
 #       r50_mrlal_77.75.pth.tar checkpoints/resnet50_mrlal_in1k_mmdet.pth
 # Without that file the config stops while building the model, before any
 # dataset is read, and names these commands. To start from torchvision's

@@ -8,7 +8,7 @@
 #   # then copy work_dirs/resnet101-mrlal_8xb32_in1k/epoch_100.pth to
 #   # checkpoints/resnet101_mrlal_in1k_mmdet.pth
 # or convert the authors' ImageNet checkpoint (not published):
-#   python tools/model_converters/mrla_to_mmdet.py \
+#   python tools/model_converters/mrla_official_to_openmmlab.py \
 #       r101_mrlal_78.66.pth.tar checkpoints/resnet101_mrlal_in1k_mmdet.pth
 # Without that file the config stops while building the model, before any
 # dataset is read, and names these commands. To start from torchvision's

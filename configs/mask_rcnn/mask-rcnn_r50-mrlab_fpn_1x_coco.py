@@ -13,7 +13,7 @@
 #   # then copy work_dirs/resnet50-mrlab_8xb32_in1k/epoch_100.pth to
 #   # checkpoints/resnet50_mrlab_in1k_mmdet.pth
 # or convert the authors' MRLA-base ImageNet checkpoint (not published):
-#   python tools/model_converters/mrla_to_mmdet.py \
+#   python tools/model_converters/mrla_official_to_openmmlab.py \
 #       model_best.pth.tar checkpoints/resnet50_mrlab_in1k_mmdet.pth
 # Without that file the config stops while building the model, before any
 # dataset is read, and names these commands. torchvision's ResNet-50 does

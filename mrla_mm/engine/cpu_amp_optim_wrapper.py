@@ -1,13 +1,16 @@
 from contextlib import contextmanager
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
-from mmdet.registry import OPTIM_WRAPPERS
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from torch import Tensor, nn
 
+from mrla_mm.registry import CLS_OPTIM_WRAPPERS, DET_OPTIM_WRAPPERS
+
 CPU_AMP_DTYPES = ('bfloat16', )
+# Where a detector's or a classifier's convolutions are.
+DEFAULT_AUTOCAST_MODULES = ('backbone', 'neck')
 
 
 def _to_float32(output):
@@ -19,7 +22,8 @@ def _to_float32(output):
     return output
 
 
-@OPTIM_WRAPPERS.register_module()
+@DET_OPTIM_WRAPPERS.register_module()
+@CLS_OPTIM_WRAPPERS.register_module()
 class CPUAmpOptimWrapper(OptimWrapper):
     """Mixed-precision training on the CPU: bfloat16 autocast.
 
@@ -35,21 +39,24 @@ class CPUAmpOptimWrapper(OptimWrapper):
 
     Args:
         dtype (str): Autocast dtype; only ``'bfloat16'``.
-        autocast_modules (Sequence[str]): Names of the model's submodules
-            to run under autocast. Defaults to ``('backbone', 'neck')``.
+        autocast_modules (Sequence[str], optional): Names of the model's
+            submodules to run under autocast; each must exist. Defaults to
+            None: the ``backbone`` and, where the model has one (an
+            mmpretrain ViT classifier has none), the ``neck``.
         **kwargs: Arguments of :class:`OptimWrapper`.
     """
 
     def __init__(self,
                  dtype: str = 'bfloat16',
-                 autocast_modules: Sequence[str] = ('backbone', 'neck'),
+                 autocast_modules: Optional[Sequence[str]] = None,
                  **kwargs):
         if dtype not in CPU_AMP_DTYPES:
             raise ValueError(f'dtype of CPUAmpOptimWrapper must be one of '
                              f'{CPU_AMP_DTYPES}, got {dtype!r}')
         super().__init__(**kwargs)
         self.cast_dtype = getattr(torch, dtype)
-        self.autocast_modules = tuple(autocast_modules)
+        self.autocast_modules = (None if autocast_modules is None else
+                                 tuple(autocast_modules))
         self._hooked = None
         self._active = False
         self._contexts = []
@@ -58,7 +65,10 @@ class CPUAmpOptimWrapper(OptimWrapper):
         """Put autocast around the forward of ``autocast_modules``."""
         module = model.module if is_model_wrapper(model) else model
         children = dict(module.named_children())
-        for name in self.autocast_modules:
+        names = self.autocast_modules
+        if names is None:
+            names = [n for n in DEFAULT_AUTOCAST_MODULES if n in children]
+        for name in names:
             if name not in children:
                 raise ValueError(
                     f'autocast_modules names {name!r}, which '

@@ -12,8 +12,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 
 import mrla_mm  # noqa: F401  registers the MRLA modules
+from mrla_mm.analysis import model_complexity
 from mrla_mm.models import skip_backbone_pretrained
-from mrla_mm.utils.complexity import model_complexity
 
 
 def parse_args():

@@ -17,7 +17,7 @@ failed write ends with the reason and exit status 1, leaving no file.
 import argparse
 import sys
 
-from mrla_mm.utils.publish import PublishError, publish_checkpoint
+from mrla_mm.checkpoint.publish import PublishError, publish_checkpoint
 
 
 def parse_args():

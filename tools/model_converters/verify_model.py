@@ -13,7 +13,7 @@ imported (``load_from``, ``init_cfg=dict(type='Pretrained')``).
 import argparse
 import sys
 
-from mrla_mm.utils.checkpoint_integrity import verify_checkpoint_hash
+from mrla_mm.checkpoint.integrity import verify_checkpoint_hash
 
 
 def main():

@@ -50,11 +50,17 @@ class MRLAClsResLayer(ResLayer):
     forward = mrla_stage_forward
 
 
-@CLS_MODELS.register_module(name='MRLAResNet')
+@CLS_MODELS.register_module(name=['MRLAClsResNet', 'MRLAResNet'])
 class MRLAClsResNet(PretrainedInitMixin, ResNet):
     """ResNet with MRLA after every residual block, for mmpretrain.
 
-    Registered in mmpretrain's MODELS as ``MRLAResNet``. Accepts every
+    The class is named for what it is, mmpretrain's ResNet with MRLA, apart
+    from mmdet's :class:`MRLAResNet` in the same package. mmpretrain's
+    MODELS knows it by that name and also as ``MRLAResNet``, the name its
+    configs use (``configs/mrla_cls``): as mmdet and mmpretrain both call
+    their ResNet ``ResNet``, a backbone config reads the same in both
+    codebases and the default scope picks the class. Parameter names, and
+    so checkpoints, do not depend on either name. Accepts every
     argument of mmpretrain's :class:`ResNet` (``drop_path_rate`` included,
     which drops the residual branches) and keeps its parameter names.
     A ``Pretrained`` ``init_cfg`` loads strictly, as in mmdet's

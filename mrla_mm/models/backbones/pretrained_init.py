@@ -38,7 +38,8 @@ from mmengine.model.weight_init import PretrainedInit
 from mmengine.runner import CheckpointLoader
 from torch import Tensor
 
-from mrla_mm.utils.ckpt_convert import CheckpointError, _deep_stem_names
+from mrla_mm.converters import CheckpointError
+from mrla_mm.converters.resnet import deep_stem_names
 from .mrla_block import MRLABlockMixin
 
 # The default init_cfg of mmdet's and mmpretrain's ResNet.
@@ -52,8 +53,8 @@ HEAD_PREFIXES = ('fc.', 'head.')
 # The deep stem is an nn.Sequential in mmdet and ConvModules in mmpretrain.
 _STEM_RENAMES = {
     fmt: {
-        _deep_stem_names(src)[module]: _deep_stem_names(fmt)[module]
-        for module in _deep_stem_names(fmt)
+        deep_stem_names(src)[module]: deep_stem_names(fmt)[module]
+        for module in deep_stem_names(fmt)
     }
     for fmt, src in (('mmdet', 'mmpretrain'), ('mmpretrain', 'mmdet'))
 }
@@ -157,8 +158,9 @@ class PretrainedInitMixin:
             source = _AUTHORS_FILES.get((depth, mrla_type),
                                         'AUTHORS_CHECKPOINT.pth.tar')
             lines.append(
-                '  python tools/model_converters/mrla_to_mmdet.py '
-                f"{source} {checkpoint}  # the authors' ImageNet checkpoint")
+                '  python tools/model_converters/'
+                f'mrla_official_to_openmmlab.py {source} {checkpoint}'
+                "  # the authors' ImageNet checkpoint")
         if deep_stem:
             lines.append(
                 'Only an ImageNet checkpoint of the same deep-stem MRLA '
@@ -326,7 +328,7 @@ def _mismatch_report(weights: Dict[str, Tensor], expected: Dict[str, Tensor],
                      f'{stages[1]}')
     if any('.mrla.mrla.' in k for k in weights):
         lines.append("this is the authors' key layout: convert it with "
-                     'tools/model_converters/mrla_to_mmdet.py')
+                     'tools/model_converters/mrla_official_to_openmmlab.py')
     return lines
 
 

@@ -1,4 +1,5 @@
-"""Convert the authors' MRLA checkpoints to mrla_mm's key layout.
+"""Read the authors' MRLA checkpoints, tell their architecture and convert
+them to mrla_mm's key layout.
 
 The authors' ImageNet scripts save ``{'state_dict': ...}`` (ResNet, keys
 with ``module.`` after DDP) or ``{'model': ..., 'model_ema': ...}`` (DeiT);
@@ -7,28 +8,17 @@ into :class:`MRLAResNet` (mmdet or mmpretrain) or, with ``fmt='mmpretrain'``,
 into a whole mmpretrain ``ImageClassifier``.
 """
 import argparse
-import re
 from collections import OrderedDict
 from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
 
+from .deit import convert_deit
+from .key_rules import CheckpointError, check_format
+from .resnet import convert_resnet
+
 ARCHS = ('resnet_light', 'resnet_base', 'deit_light', 'deit_base')
-FORMATS = ('mmdet', 'mmpretrain')
-
-# The authors' layer attention names -> ours, inside one block.
-_MRLA_KEYS = {
-    'mrla.mrla.Wq.weight': 'mrla.query_conv.weight',
-    'mrla.mrla.Wk.weight': 'mrla.key_conv.weight',
-    'mrla.mrla.Wv.weight': 'mrla.value_conv.weight',
-    'mrla.lambda_t': 'mrla.lambda_t',
-}
-_RESNET_BLOCK = re.compile(r'^(layer[1-4]|stages\.[0-3])\.(\d+)\.(.+)$')
-
-
-class CheckpointError(ValueError):
-    """A file that is not, or not entirely, an MRLA checkpoint."""
 
 
 def load_reference_checkpoint(path: str, ema: bool = False) -> Dict:
@@ -89,64 +79,6 @@ def detect_arch(state_dict: Dict) -> str:
         f'{len(keys)} keys, e.g. {sorted(keys)[:5]}')
 
 
-def resnet_depth(state_dict: Dict) -> int:
-    """ResNet depth from the number of blocks in the third stage."""
-    blocks = {
-        int(m.group(2))
-        for m in map(_RESNET_BLOCK.match, state_dict)
-        if m and m.group(1) in ('layer3', 'stages.2')
-    }
-    depth = {6: 50, 23: 101, 36: 152}.get(len(blocks))
-    if depth is None:
-        raise CheckpointError(
-            f'cannot tell the ResNet depth: stage 3 has {len(blocks)} '
-            'bottlenecks, expected 6 (R-50), 23 (R-101) or 36 (R-152)')
-    return depth
-
-
-def _deep_stem_names(fmt: str) -> Dict[str, str]:
-    """The authors' deep stem (``conv1.{0,1,3,4,6}``, ``bn1``) in mmdet's
-    ``stem.{0,1,3,4,6,7}`` or in mmpretrain's ConvModules."""
-    if fmt == 'mmdet':
-        return {'conv1.0': 'stem.0', 'conv1.1': 'stem.1', 'conv1.3': 'stem.3',
-                'conv1.4': 'stem.4', 'conv1.6': 'stem.6', 'bn1': 'stem.7'}
-    return {'conv1.0': 'stem.0.conv', 'conv1.1': 'stem.0.bn',
-            'conv1.3': 'stem.1.conv', 'conv1.4': 'stem.1.bn',
-            'conv1.6': 'stem.2.conv', 'bn1': 'stem.2.bn'}
-
-
-def convert_resnet(state_dict: Dict, fmt: str = 'mmdet',
-                   keep_head: bool = False) -> Dict:
-    """Rename an authors' light or base ResNet to :class:`MRLAResNet` keys.
-
-    Stages ``stages.S`` become ``layer{S+1}``, the deep stem of the base
-    model becomes the backbone's ``stem``, the MRLA layers' ``Wq/Wk/Wv``
-    become ``query_conv/key_conv/value_conv`` and ``lambda_t`` [C,1,1]
-    becomes [C]. ``fc`` is dropped unless ``keep_head`` (mmpretrain only).
-    """
-    stem = _deep_stem_names(fmt) if 'conv1.0.weight' in state_dict else {}
-    out = OrderedDict()
-    for key, value in state_dict.items():
-        if key.startswith('fc.'):
-            if keep_head:
-                out['head.' + key] = value
-            continue
-        m = _RESNET_BLOCK.match(key)
-        if m:
-            stage, idx, rest = m.groups()
-            if stage.startswith('stages.'):
-                stage = f'layer{int(stage[-1]) + 1}'
-            rest = _MRLA_KEYS.get(rest, rest)
-            if rest == 'mrla.lambda_t':
-                value = value.reshape(-1)
-            key = f'{stage}.{idx}.{rest}'
-        else:
-            module, leaf = key.rsplit('.', 1)
-            key = f'{stem.get(module, module)}.{leaf}'
-        out[key if fmt == 'mmdet' else 'backbone.' + key] = value
-    return out
-
-
 def convert(state_dict: Dict,
             arch: str = None,
             fmt: str = 'mmdet',
@@ -162,11 +94,7 @@ def convert(state_dict: Dict,
             keys of an ``ImageClassifier``).
         keep_head (bool): Keep the classifier (mmpretrain format only).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
-    if keep_head and fmt != 'mmpretrain':
-        raise ValueError('keep_head=True needs fmt="mmpretrain": an mmdet '
-                         'backbone has no classifier')
+    check_format(fmt, keep_head)
     found = detect_arch(state_dict)
     if arch is not None and arch != found:
         if arch not in ARCHS:
@@ -175,7 +103,6 @@ def convert(state_dict: Dict,
             f'arch={arch!r} was asked for but the checkpoint is {found!r}')
     if found.startswith('resnet'):
         return convert_resnet(state_dict, fmt, keep_head), found
-    from .deit_convert import convert_deit
     return convert_deit(state_dict, found, keep_head, fmt), found
 
 

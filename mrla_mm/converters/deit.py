@@ -11,7 +11,12 @@ import re
 from collections import OrderedDict
 from typing import Dict, Optional
 
-from .ckpt_convert import _MRLA_KEYS, FORMATS, CheckpointError
+from .key_rules import (
+    MRLA_LAYER_KEYS,
+    CheckpointError,
+    backbone_prefix,
+    check_format,
+)
 
 DEIT_ARCHS = ('deit_light', 'deit_base')
 # Self-attention heads of the DeiT widths (64 channels per head).
@@ -29,7 +34,7 @@ _BLOCK_KEYS = {
     'mrla.normo': 'mrla.normo',
 }
 # The MRLA layer is ``mrla.mrla`` inside our token branch.
-_MRLA_LAYER_KEYS = {k: 'mrla.' + v for k, v in _MRLA_KEYS.items()}
+_MRLA_LAYER_KEYS = {k: 'mrla.' + v for k, v in MRLA_LAYER_KEYS.items()}
 _TOP_KEYS = {
     'cls_token': 'cls_token',
     'pos_embed': 'pos_embed',
@@ -76,17 +81,13 @@ def convert_deit(state_dict: Dict,
     """
     if arch not in DEIT_ARCHS:
         raise ValueError(f'arch must be one of {DEIT_ARCHS}, got {arch!r}')
-    if fmt not in FORMATS:
-        raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
-    if keep_head and fmt != 'mmpretrain':
-        raise ValueError('keep_head=True needs fmt="mmpretrain": a bare '
-                         'backbone has no classifier')
+    check_format(fmt, keep_head)
     if arch == 'deit_base' and any(
             k.endswith(('mrla.lambda_t', 'mrla.normo.weight'))
             for k in state_dict):
         raise CheckpointError('arch=deit_base but the checkpoint has the '
                               'lambda_t / normo keys of MRLA-light')
-    prefix = 'backbone.' if fmt == 'mmpretrain' else ''
+    prefix = backbone_prefix(fmt)
     out = OrderedDict()
     unknown = []
     for key, value in state_dict.items():

@@ -1,10 +1,12 @@
-"""Convert the authors' MRLA ImageNet checkpoints for mmdet / mmpretrain.
+"""Convert the authors' official MRLA ImageNet checkpoints to OpenMMLab:
+an mmdet backbone (``--format mmdet``, the default) or an mmpretrain
+classifier (``--format mmpretrain``).
 
 Example::
 
-    python tools/model_converters/mrla_to_mmdet.py \\
+    python tools/model_converters/mrla_official_to_openmmlab.py \\
         model_best.pth.tar checkpoints/r50_mrlal_mmdet.pth
-    python tools/model_converters/mrla_to_mmdet.py \\
+    python tools/model_converters/mrla_official_to_openmmlab.py \\
         best_checkpoint.pth deit_tiny_mrlal.pth --format mmpretrain --keep-head
 
 The result is checked against a freshly built model of the detected (or
@@ -17,13 +19,16 @@ import os.path as osp
 import torch
 
 import mrla_mm  # noqa: F401  registers the MRLA modules
-from mrla_mm.utils import (
+from mrla_mm.converters import (
     ARCHS,
+    FORMATS,
+    build_deit_backbone,
     check_state_dict,
     convert,
     load_reference_checkpoint,
+    resnet_depth,
 )
-from mrla_mm.utils.ckpt_convert import resnet_depth
+from mrla_mm.models import MRLAResNet
 
 
 def parse_args():
@@ -37,7 +42,7 @@ def parse_args():
         help='expected architecture (detected from the keys if omitted)')
     parser.add_argument(
         '--format',
-        choices=('mmdet', 'mmpretrain'),
+        choices=FORMATS,
         default='mmdet',
         help='mmdet: bare backbone keys for a backbone init_cfg; '
         'mmpretrain: backbone./head. keys of an ImageClassifier')
@@ -56,13 +61,11 @@ def build_backbone(arch, state_dict):
     """A freshly built backbone of ``arch`` to check converted keys against.
     """
     if arch.startswith('resnet'):
-        from mrla_mm.models import MRLAResNet
         base = arch == 'resnet_base'
         return MRLAResNet(
             depth=resnet_depth(state_dict),
             deep_stem=base,
             mrla_cfg=dict(type='MRLABase' if base else 'MRLALight'))
-    from mrla_mm.utils.deit_convert import build_deit_backbone
     return build_deit_backbone(arch, state_dict)
 
 

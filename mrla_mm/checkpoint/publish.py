@@ -5,7 +5,7 @@ A release keeps what inference and fine-tuning need, the weights
 and the versions below), and drops the training state mmengine saves for
 resuming (optimizer, parameter schedulers, message hub, EMA copy...). It
 is named ``NAME-<first hex digits of its sha256>.pth`` as in OpenMMLab's
-model zoo, which :mod:`mrla_mm.utils.checkpoint_integrity` checks on load.
+model zoo, which :mod:`mrla_mm.checkpoint.integrity` checks on load.
 Its bytes depend on the input and the installed versions only (no clock),
 so publishing the same checkpoint again gives the same file and name.
 """
@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .checkpoint_integrity import HASH_PREFIX_LEN, HASH_SUFFIX
+from .integrity import HASH_PREFIX_LEN, HASH_SUFFIX
 from .safe_loading import torch_defaults_only
 
 KEPT_KEYS = ('meta', 'state_dict')
@@ -165,7 +165,7 @@ def release_checkpoint(checkpoint, fp16: bool = False,
             "the input has no 'state_dict' of tensors (top-level keys: "
             f'{keys}): publish an mmengine checkpoint or a state dict; '
             "convert the authors' checkpoints first with "
-            'tools/model_converters/mrla_to_mmdet.py')
+            'tools/model_converters/mrla_official_to_openmmlab.py')
     meta = checkpoint.get('meta') or {}
     if not isinstance(meta, dict):
         raise PublishError(
@@ -189,7 +189,7 @@ def published_name(out_file: str, sha256: str) -> str:
 
     ``<h>`` is the shortest prefix of ``sha256``, at least 8 digits long,
     that holds a letter: a name that cannot be mistaken for a date or a
-    counter (see :mod:`mrla_mm.utils.checkpoint_integrity`). torch.hub's
+    counter (see :mod:`mrla_mm.checkpoint.integrity`). torch.hub's
     hash check takes prefixes of any length.
     """
     stem = out_file[:-len('.pth')] if out_file.endswith('.pth') else out_file
@@ -252,8 +252,8 @@ def publish_checkpoint(in_file: str, out_file: str,
     """Write the release file of ``in_file``, named after its hash.
 
     The input is read with torch's safe loader (``weights_only=True``,
-    with the allow-list of :mod:`mrla_mm.utils.safe_loading`); the release
-    loads with it even where mrla_mm is not imported.
+    with the allow-list of :mod:`mrla_mm.checkpoint.safe_loading`); the
+    release loads with it even where mrla_mm is not imported.
 
     Args:
         in_file (str): A training checkpoint (or a saved state dict).

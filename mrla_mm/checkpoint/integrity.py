@@ -2,8 +2,9 @@
 
 OpenMMLab's model zoo names a released file ``NAME-<h>.pth`` where ``<h>``
 is the first hex digits of the SHA-256 of the file's bytes.
-:func:`mrla_mm.utils.publish.publish_checkpoint` writes such files, with
-the shortest prefix of at least 8 digits that holds a letter ``a``-``f``.
+:func:`mrla_mm.checkpoint.publish.publish_checkpoint` writes such files,
+with the shortest prefix of at least 8 digits that holds a letter
+``a``-``f``.
 
 Which names are checked: a local path whose name ends in ``-<h>.pth``
 where ``<h>`` is 8 to 64 lowercase hex digits *with at least one letter*

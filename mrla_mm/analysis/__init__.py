@@ -1,0 +1,3 @@
+from .complexity import model_complexity
+
+__all__ = ['model_complexity']
