@@ -1,4 +1,6 @@
 """Layer-attention ops of MRLA. Importable with torch alone."""
+from .batch_norm_add_relu import RecomputedMaps
+from .batch_norm_stats import advance_batch_norm
 from .checks import (
                      check_feature_map,
                      check_given_together,
@@ -7,8 +9,14 @@ from .checks import (
                      check_value_act,
                      resolve_heads,
 )
+from .ext_loader import exporting
 from .mrla_base import mrla_base_readout
 from .mrla_base_norm import mrla_base_batch_norm
+from .mrla_branch import (
+                     add_mrla_branch,
+                     residual_block_end,
+                     stage_recomputed_maps,
+)
 from .mrla_light import mrla_light_core
 from .mrla_light_norm import mrla_light_batch_norm
 from .mrla_math import (
@@ -24,7 +32,9 @@ from .mrla_math import (
 from .residual_relu_pool import residual_relu_pool
 
 __all__ = [
-    'adaptive_kernel_size', 'check_feature_map', 'check_given_together',
+    'RecomputedMaps', 'adaptive_kernel_size', 'add_mrla_branch',
+    'advance_batch_norm', 'exporting', 'residual_block_end',
+    'stage_recomputed_maps', 'check_feature_map', 'check_given_together',
     'check_kernel_size', 'check_norm_excludes_fold', 'check_value_act',
     'base_weights',
     'channel_conv1d', 'channel_descriptor', 'head_scores', 'light_gate',

@@ -6,6 +6,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from .checks import check_folded_norm
+from .double_backward import composition_grads
 from .ext_loader import (
     acc_dtype,
     load_ext,
@@ -36,15 +37,9 @@ class MRLABaseReadoutFunction(Function):
     def backward(ctx, grad_out: Tensor):
         weights, *values = ctx.saved_tensors
         if torch.is_grad_enabled():
-            # Double backward: the composition, whose graph reaches the
-            # saved inputs.
-            with torch.enable_grad():
-                out = base_combine(weights, values)
-                wanted = [t for t in ctx.saved_tensors if t.requires_grad]
-                grads = iter(torch.autograd.grad(out, wanted, grad_out,
-                                                 create_graph=True))
-            return tuple(next(grads) if t.requires_grad else None
-                         for t in ctx.saved_tensors)
+            return tuple(
+                composition_grads((weights, *values), grad_out,
+                                  lambda: base_combine(weights, values)))
         grad_weights, grad_values = readout_backward(
             grad_out, weights, values, ctx.needs_input_grad[1:])
         return (grad_weights, *grad_values)

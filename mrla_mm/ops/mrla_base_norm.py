@@ -29,6 +29,7 @@ from .checks import (
     check_given_together,
     check_value_act,
 )
+from .double_backward import composition_grads
 from .ext_loader import use_compiled
 from .mrla_base import _fused_inference, readout_backward
 from .mrla_math import base_combine, base_weights, mrla_value
@@ -86,6 +87,11 @@ class MRLABaseNormFunction(Function):
         num = len(maps) // 3 if recompute else len(maps)
         ctx.training, ctx.eps, ctx.value_act = training, eps, value_act
         ctx.recompute, ctx.num_values = recompute, num
+        # What needs a gradient, as autograd's needs_input_grad has it.
+        ctx.affine_needs_grad = [
+            t is not None and t.requires_grad for t in (weight, bias)
+        ]
+        ctx.values_need_grad = [v.requires_grad for v in maps[:num]]
         # Recomputed values come RELEASE_CHUNK at a time, and the forward
         # sums the readout in the same chunks; kept values are read at once.
         ctx.chunk = RELEASE_CHUNK if recompute else num
@@ -131,10 +137,6 @@ class MRLABaseNormFunction(Function):
         return (None, None, None, None, None, None, grad_out, grad_weights,
                 grad_weight, grad_bias, None, None, *grad_values,
                 *([None] * (2 * ctx.num_values if ctx.recompute else 0)))
-
-
-# Position of the first value among the Function's inputs.
-_FIRST_VALUE = 12
 
 
 def _recipe(source) -> Optional[BatchNormAddReLURecipe]:
@@ -206,10 +208,7 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
     aten = torch.ops.aten
     grad_norm = aten.threshold_backward(grad_out, out, 0)
     del out
-    wants = [
-        True, weight is not None and ctx.needs_input_grad[8], bias
-        is not None and ctx.needs_input_grad[9]
-    ]
+    wants = [True, *ctx.affine_needs_grad]
     grad_readout, grad_weight, grad_bias = aten.native_batch_norm_backward(
         grad_norm, readout, detached[0], running_mean, running_var, mean,
         invstd, ctx.training, ctx.eps, wants)
@@ -220,9 +219,7 @@ def _kernel_backward(ctx, grad_out, weights, weight, bias, running_mean,
                               for g, want in zip((grad_weight, grad_bias),
                                                  wants[1:]))
     layer, store = ctx.num_values - 1, ctx.gradients
-    needed = [
-        ctx.needs_input_grad[_FIRST_VALUE + s] for s in range(layer + 1)
-    ]
+    needed = ctx.values_need_grad
     # Earlier layers that gather their value gradient in the store take
     # this layer's share there, when their own backward runs.
     takers = {
@@ -261,17 +258,10 @@ def _differentiable_backward(ctx, grad_out, weights, weight, bias,
         v for _, chunk in _value_chunks(ctx, maps, differentiable=True)
         for v in chunk
     ]
-    with torch.enable_grad():
-        out = _branch_pytorch(weights, values, running_mean, running_var,
-                              weight, bias, ctx.training, 0., ctx.eps)
-        inputs = [weights, weight, bias, *values]
-        wanted = [t for t in inputs if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out,
-                                         create_graph=True))
-        grads = [
-            next(grads) if t is not None and t.requires_grad else None
-            for t in inputs
-        ]
+    grads = composition_grads(
+        (weights, weight, bias, *values), grad_out,
+        lambda: _branch_pytorch(weights, values, running_mean, running_var,
+                                weight, bias, ctx.training, 0., ctx.eps))
     return grads[0], grads[1], grads[2], grads[3:]
 
 

@@ -6,6 +6,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from .checks import check_folded_norm, check_value_act
+from .double_backward import composition_grads
 from .ext_loader import (
     acc_dtype,
     load_ext,
@@ -62,8 +63,10 @@ class MRLALightCoreFunction(Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         if torch.is_grad_enabled():
-            return (*_differentiable_backward(ctx.saved_tensors, grad_out,
-                                              ctx.value_act), None)
+            saved = ctx.saved_tensors
+            return (*composition_grads(
+                saved, grad_out,
+                lambda: mrla_light_core_pytorch(*saved, ctx.value_act)), None)
         x, value_weight, gate, lambda_t, o_prev = ctx.saved_tensors
         ops = _kernel_operands(x, value_weight, gate, lambda_t, o_prev)
         grad_out = grad_out.to(x.dtype).contiguous(
@@ -90,17 +93,6 @@ def _kernel_operands(x, value_weight, gate, lambda_t, o_prev):
     return (x, small(value_weight).view(x.shape[1], 9), small(gate),
             small(lambda_t).view(-1),
             o_prev.detach().to(x.dtype).contiguous(memory_format=fmt))
-
-
-def _differentiable_backward(saved, grad_out, value_act):
-    """Gradients through the PyTorch composition, with their graph (double
-    backward); the saved inputs carry their autograd history here."""
-    with torch.enable_grad():
-        out = mrla_light_core_pytorch(*saved, value_act)
-        wanted = [t for t in saved if t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out,
-                                         create_graph=True))
-    return [next(grads) if t.requires_grad else None for t in saved]
 
 
 def mrla_light_core(x: Tensor,

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from .batch_norm_stats import update_running_stats
 from .checks import check_batch_norm_input, check_value_act
+from .double_backward import composition_grads
 from .ext_loader import acc_dtype, load_ext, map_format, use_compiled
 from .mrla_light import (
     ACT_CODES,
@@ -70,13 +72,9 @@ class MRLALightNormFunction(Function):
         y, mean, invstd, var = load_ext().mrla_light_norm_forward(
             *ops, gamma, beta, *given, batch_stats, eps,
             ACT_CODES[value_act])
-        if batch_stats and running_mean is not None:
-            count = x.numel() // x.shape[1]
-            running_mean.mul_(1 - momentum).add_(
-                mean.to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(
-                (var * count / (count - 1)).to(running_var.dtype),
-                alpha=momentum)
+        if batch_stats:
+            update_running_stats(x, running_mean, running_var, momentum,
+                                 mean, var)
         ctx.save_for_backward(x, value_weight, gate, lambda_t, o_prev, weight,
                               bias, mean, invstd, var)
         ctx.batch_stats, ctx.eps, ctx.value_act = batch_stats, eps, value_act
@@ -123,18 +121,17 @@ def _differentiable_backward(ctx, grad_out):
     on the statistics the forward used."""
     (x, value_weight, gate, lambda_t, o_prev, weight, bias, mean, _,
      var) = ctx.saved_tensors
-    inputs = (x, value_weight, gate, lambda_t, o_prev, weight, bias)
-    with torch.enable_grad():
+    stats = (None, None) if ctx.batch_stats else (mean, var.to(mean))
+
+    def composition():
         z = mrla_light_core_pytorch(x, value_weight, gate, lambda_t, o_prev,
                                     ctx.value_act)
-        stats = (None, None) if ctx.batch_stats else (mean, var.to(mean))
-        y = x + F.batch_norm(z, *stats, weight, bias, ctx.batch_stats, 0.,
-                             ctx.eps)
-        wanted = [t for t in inputs if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(y, wanted, grad_out,
-                                         create_graph=True))
-    return (*(next(grads) if t is not None and t.requires_grad else None
-              for t in inputs), None, None, None, None, None, None)
+        return x + F.batch_norm(z, *stats, weight, bias, ctx.batch_stats,
+                                0., ctx.eps)
+
+    return (*composition_grads(
+        (x, value_weight, gate, lambda_t, o_prev, weight, bias), grad_out,
+        composition), None, None, None, None, None, None)
 
 
 def mrla_light_batch_norm(x: Tensor,

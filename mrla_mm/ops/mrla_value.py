@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from .checks import check_value_act
+from .double_backward import composition_grads
 from .ext_loader import acc_dtype, load_ext, map_format, use_compiled
 from .mrla_light import ACT_CODES
 from .mrla_math import mrla_value
@@ -43,13 +44,9 @@ class MRLAValueFunction(Function):
     def backward(ctx, grad_out: Tensor):
         x, value_weight = ctx.saved_tensors
         if torch.is_grad_enabled():
-            with torch.enable_grad():
-                out = mrla_value(x, value_weight, ctx.value_act)
-                wanted = [t for t in (x, value_weight) if t.requires_grad]
-                grads = iter(torch.autograd.grad(out, wanted, grad_out,
-                                                 create_graph=True))
-            return (*(next(grads) if t.requires_grad else None
-                      for t in (x, value_weight)), None)
+            return (*composition_grads(
+                (x, value_weight), grad_out,
+                lambda: mrla_value(x, value_weight, ctx.value_act)), None)
         ops = _operands(x, value_weight)
         grad_out = grad_out.to(x.dtype).contiguous(
             memory_format=map_format(x))
