@@ -21,7 +21,7 @@ from mrla_mm.ops.batch_norm_add_relu import (
     batch_norm_add_relu,
 )
 from mrla_mm.ops.batch_norm_stats import advance_batch_norm
-from mrla_mm.ops.mrla_base_norm import RELEASE_CHUNK
+from mrla_mm.ops.mrla_base import RELEASE_CHUNK
 from conftest import rel_err
 from devices import DEVICES
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mrla_mm.models.layers import MRLALight
 from mrla_mm.ops import ext_loader
 from mrla_mm.ops.batch_norm_stats import advance_batch_norm
-from mrla_mm.ops.mrla_light_norm import (
+from mrla_mm.ops.mrla_light import (
     mrla_light_batch_norm,
     mrla_light_batch_norm_pytorch,
 )

@@ -17,10 +17,11 @@ from mrla_mm.ops.mrla_base import (
 )
 from mrla_mm.ops.mrla_light import (
     MRLALightCoreFunction,
+    MRLAValueFunction,
     mrla_light_core,
     mrla_light_core_pytorch,
+    mrla_value_map,
 )
-from mrla_mm.ops.mrla_value import MRLAValueFunction, mrla_value_map
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 from conftest import rel_err
 from devices import DEVICES

@@ -29,10 +29,8 @@ def test_internals_exist():
     assert torch_internals._ADD_RELU
 
 
-def test_graph_task_id_is_one_per_backward_pass():
-    """-1 outside a backward; one id inside a pass, another in the next."""
-    assert current_graph_task_id() == -1
-    seen = []
+def _probe(on_backward):
+    """An identity op that calls ``on_backward()`` in its backward."""
 
     class Probe(torch.autograd.Function):
 
@@ -42,9 +40,17 @@ def test_graph_task_id_is_one_per_backward_pass():
 
         @staticmethod
         def backward(ctx, grad):
-            seen.append(current_graph_task_id())
+            on_backward()
             return grad
 
+    return Probe
+
+
+def test_graph_task_id_is_one_per_backward_pass():
+    """-1 outside a backward; one id inside a pass, another in the next."""
+    assert current_graph_task_id() == -1
+    seen = []
+    Probe = _probe(lambda: seen.append(current_graph_task_id()))
     x = torch.ones(3, requires_grad=True)
     y = Probe.apply(x) + Probe.apply(x)
     y.sum().backward(retain_graph=True)
@@ -59,18 +65,11 @@ def test_will_engine_execute_node():
     off its path."""
     answers = {}
 
-    class Probe(torch.autograd.Function):
+    def ask():
+        answers['reached'] = will_engine_execute_node(reached)
+        answers['other'] = will_engine_execute_node(other)
 
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            answers['reached'] = will_engine_execute_node(reached)
-            answers['other'] = will_engine_execute_node(other)
-            return grad
-
+    Probe = _probe(ask)
     a = torch.ones(2, requires_grad=True)
     b = torch.ones(2, requires_grad=True)
     inner = a * 2

@@ -10,15 +10,13 @@ from .checks import (
                      resolve_heads,
 )
 from .ext_loader import exporting
-from .mrla_base import mrla_base_readout
-from .mrla_base_norm import mrla_base_batch_norm
+from .mrla_base import mrla_base_batch_norm, mrla_base_readout
 from .mrla_branch import (
                      add_mrla_branch,
                      residual_block_end,
                      stage_recomputed_maps,
 )
-from .mrla_light import mrla_light_core
-from .mrla_light_norm import mrla_light_batch_norm
+from .mrla_light import mrla_light_batch_norm, mrla_light_core, mrla_value_map
 from .mrla_math import (
                      adaptive_kernel_size,
                      base_weights,
@@ -39,6 +37,7 @@ __all__ = [
     'base_weights',
     'channel_conv1d', 'channel_descriptor', 'head_scores', 'light_gate',
     'mrla_base_batch_norm', 'mrla_base_readout',
-    'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value', 'query_key',
+    'mrla_light_batch_norm', 'mrla_light_core', 'mrla_value',
+    'mrla_value_map', 'query_key',
     'residual_relu_pool', 'resolve_heads'
 ]

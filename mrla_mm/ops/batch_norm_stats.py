@@ -18,7 +18,7 @@ def advance_batch_norm(norm: _BatchNorm) -> Dict[str, Any]:
     forward, as keywords.
 
     For kernels that apply a BatchNorm module's function inside a fused
-    pass (see :func:`mrla_mm.ops.mrla_light_norm.mrla_light_batch_norm`):
+    pass (see :func:`mrla_mm.ops.mrla_light.mrla_light_batch_norm`):
     the result, the running statistics and their update are the module's.
     """
     if not isinstance(norm, _BatchNorm):

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import Tensor
 
-from .mrla_base import _fused_inference
+from .mrla_base import readout_inference
 from .torch_internals import current_graph_task_id, will_engine_execute_node
 
 
@@ -97,7 +97,7 @@ class ReadoutGradients:
         if layer == first:
             # Nothing of this pass is left to take.
             self._passes.pop(current_graph_task_id(), None)
-        return _fused_inference(torch.stack(columns, -1), maps, None, None,
+        return readout_inference(torch.stack(columns, -1), maps, None, None,
                                 None)
 
     def _pass(self) -> _Pass:

@@ -14,11 +14,11 @@ from mrla_mm.ops import (
     check_value_act,
     mrla_base_batch_norm,
     mrla_base_readout,
+    mrla_value_map,
     query_key,
     resolve_heads,
 )
 from mrla_mm.ops.checks import check_bool
-from mrla_mm.ops.mrla_value import mrla_value_map
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
 from .mrla_cache import MRLACache
 
