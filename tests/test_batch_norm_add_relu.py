@@ -14,14 +14,14 @@ from torch.profiler import ProfilerActivity, profile
 import mrla_mm.ops.batch_norm_add_relu as bar
 from mrla_mm.models import MRLAClsResNet, MRLAResNet
 from mrla_mm.models.layers import MRLACache
-from mrla_mm.models.layers.batch_norm_args import batch_norm_args
 from mrla_mm.ops.batch_norm_add_relu import (
     BatchNormAddReLURecipe,
     RecomputedMaps,
     _block_end,
     batch_norm_add_relu,
 )
-from mrla_mm.ops.mrla_base_norm import RELEASE_CHUNK
+from mrla_mm.ops.batch_norm_stats import advance_batch_norm
+from mrla_mm.ops.mrla_base import RELEASE_CHUNK
 from conftest import rel_err
 from devices import DEVICES
 
@@ -55,7 +55,7 @@ def test_matches_the_modules(device, dtype, training, channels_last):
     x.requires_grad_()
     identity.requires_grad_()
     ref = torch.relu(module(x) + identity)
-    out = batch_norm_add_relu(x, identity, **batch_norm_args(fused))
+    out = batch_norm_add_relu(x, identity, **advance_batch_norm(fused))
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     assert rel_err(out, ref) < tol
     grad = torch.randn_like(ref)
@@ -138,13 +138,13 @@ def test_recomputed_maps_save_the_recipe():
     kernel = torch.randn(4, 1, 3, 3, requires_grad=True)
     with RecomputedMaps() as maps:
         o = batch_norm_add_relu(x, identity, maps=maps,
-                                **batch_norm_args(norm))
+                                **advance_batch_norm(norm))
         recipe = RecomputedMaps.recipe_of(o)
         y = F.conv2d(o, kernel, padding=1, groups=4)
         plain = x * 2
         z = F.conv2d(plain, kernel, padding=1, groups=4)
         changed = batch_norm_add_relu(x, identity, maps=maps,
-                                      **batch_norm_args(norm))
+                                      **advance_batch_norm(norm))
         changed.mul_(2)
         w = F.conv2d(changed, kernel, padding=1, groups=4)
     assert isinstance(recipe, BatchNormAddReLURecipe)
@@ -180,7 +180,7 @@ def test_held_recipes_hold_no_map():
     with RecomputedMaps() as maps:
         conv = F.conv2d(torch.randn(2, 4, 6, 6), w)
         o = batch_norm_add_relu(conv, identity, maps=maps,
-                                **batch_norm_args(norm))
+                                **advance_batch_norm(norm))
         cache.append(o.mean((2, 3)), o * 2, o, kernel)
     recipe = cache.sources[0]
     assert isinstance(recipe, BatchNormAddReLURecipe)

@@ -8,13 +8,14 @@ import torch.nn as nn
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+import mrla_mm.ops.mrla_base as base_ops
 from mrla_mm.models.layers import MRLABase
-from mrla_mm.ops import base_weights, mrla_base_norm, mrla_value
-from mrla_mm.ops.mrla_base_norm import (
+from mrla_mm.ops import base_weights, mrla_value
+from mrla_mm.ops.mrla_base import (
     mrla_base_batch_norm,
     mrla_base_batch_norm_pytorch,
 )
-from mrla_mm.ops.mrla_value import mrla_value_map
+from mrla_mm.ops.mrla_light import mrla_value_map
 from conftest import rel_err
 from devices import DEVICES
 
@@ -243,18 +244,18 @@ def test_kept_values_are_read_in_one_pass(recompute, passes, monkeypatch):
     calls = []
 
     def count(name, fn):
-        monkeypatch.setattr(mrla_base_norm, name,
+        monkeypatch.setattr(base_ops, name,
                             lambda *a: calls.append(name) or fn(*a))
 
-    count('_fused_inference', mrla_base_norm._fused_inference)
-    count('readout_backward', mrla_base_norm.readout_backward)
+    count('readout_inference', base_ops.readout_inference)
+    count('readout_backward', base_ops.readout_backward)
     small, sources, kernels = _inputs(2, 2, 4, 5, 5, 6, torch.float64, 0)
     x = small[0].requires_grad_()
     sources = [s.requires_grad_() for s in sources]
     out = _fused(*small, sources, kernels, 2, 'identity', True, recompute)
-    assert calls == ['_fused_inference'] * passes
+    assert calls == ['readout_inference'] * passes
     out.sum().backward()
-    assert calls == (['_fused_inference'] * (2 * passes) +
+    assert calls == (['readout_inference'] * (2 * passes) +
                      ['readout_backward'] * passes)
     assert x.grad is not None and all(s.grad is not None for s in sources)
 

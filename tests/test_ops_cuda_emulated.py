@@ -37,10 +37,12 @@ from mrla_mm.ops.mrla_base import (
     mrla_base_readout,
     readout_backward,
 )
-from mrla_mm.ops.mrla_light import mrla_light_core, mrla_light_core_pytorch
-from mrla_mm.ops.mrla_light_norm import (
+from mrla_mm.ops.mrla_light import (
     mrla_light_batch_norm,
     mrla_light_batch_norm_pytorch,
+    mrla_light_core,
+    mrla_light_core_pytorch,
+    mrla_value_map,
 )
 from mrla_mm.ops.mrla_math import (
     base_combine,
@@ -48,7 +50,6 @@ from mrla_mm.ops.mrla_math import (
     channel_affine,
     mrla_value,
 )
-from mrla_mm.ops.mrla_value import mrla_value_map
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 from mrla_mm.ops.self_check_cases import CASES, compare
 

@@ -8,9 +8,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mrla_mm.models.layers import MRLALight
-from mrla_mm.models.layers.batch_norm_args import batch_norm_args
 from mrla_mm.ops import ext_loader
-from mrla_mm.ops.mrla_light_norm import (
+from mrla_mm.ops.batch_norm_stats import advance_batch_norm
+from mrla_mm.ops.mrla_light import (
     mrla_light_batch_norm,
     mrla_light_batch_norm_pytorch,
 )
@@ -293,7 +293,7 @@ def test_bad_arguments_are_named():
         layer(x, x, add_input=True, norm=nn.BatchNorm2d(4))
     with pytest.raises(TypeError, match='norm must be a BatchNorm module, '
                        'got LayerNorm'):
-        batch_norm_args(nn.LayerNorm(4))
+        advance_batch_norm(nn.LayerNorm(4))
 
 
 def test_cpu_channels_last_is_refused_by_the_kernels():

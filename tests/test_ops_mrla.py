@@ -17,10 +17,11 @@ from mrla_mm.ops.mrla_base import (
 )
 from mrla_mm.ops.mrla_light import (
     MRLALightCoreFunction,
+    MRLAValueFunction,
     mrla_light_core,
     mrla_light_core_pytorch,
+    mrla_value_map,
 )
-from mrla_mm.ops.mrla_value import MRLAValueFunction, mrla_value_map
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool
 from conftest import rel_err
 from devices import DEVICES
@@ -488,27 +489,52 @@ def test_auto_prefers_pytorch_for_cuda_channels_last():
             for dev in ('cpu', 'cuda') for fmt in FORMATS
         }
         cl = maps['cuda', torch.channels_last]
-        for op in ext_loader.CUDA_CL_SLOWER:
-            assert ext_loader.cuda_preference(op, (cl, )) == reason
-            for fmt in FORMATS:
-                assert ext_loader.cuda_preference(
-                    op, (maps['cpu', fmt], )) is None
+        slower = [
+            op for op in ext_loader.OPS if ext_loader.ROUTES[
+                op, 'cuda', torch.channels_last].path == ext_loader.PYTORCH
+        ]
+        assert slower == ['mrla_light_batch_norm', 'mrla_value_map',
+                          'mrla_base_batch_norm']
+        for op in slower:
+            assert ext_loader.prefers_pytorch(op, (cl, )) == reason
+            # CPU maps follow the CPU rows.
+            assert ext_loader.prefers_pytorch(
+                op, (maps['cpu', torch.contiguous_format], )) is None
+            assert ext_loader.prefers_pytorch(
+                op, (maps['cpu', torch.channels_last], )) == (
+                    'channels_last maps run faster through PyTorch on the '
+                    'CPU')
             # One channels_last map among the inputs is enough.
-            assert ext_loader.cuda_preference(
+            assert ext_loader.prefers_pytorch(
                 op, (maps['cuda', torch.contiguous_format], cl)) == reason
-            assert ext_loader.cuda_preference(
+            assert ext_loader.prefers_pytorch(
                 op, (maps['cuda', torch.contiguous_format], )) is None
         grad_cl = cl.clone().requires_grad_()
         for op in ('mrla_base_readout', 'residual_relu_pool'):
             for t in (cl, grad_cl):
-                assert ext_loader.cuda_preference(op, (t, )) is None
+                assert ext_loader.prefers_pytorch(op, (t, )) is None
         # The light core only when autograd records through its maps.
-        assert ext_loader.cuda_preference('mrla_light_core', (cl, )) is None
-        assert ext_loader.cuda_preference('mrla_light_core',
+        assert ext_loader.prefers_pytorch('mrla_light_core', (cl, )) is None
+        assert ext_loader.prefers_pytorch('mrla_light_core',
                                           (cl, grad_cl)) == reason
         with torch.no_grad():
-            assert ext_loader.cuda_preference('mrla_light_core',
+            assert ext_loader.prefers_pytorch('mrla_light_core',
                                               (grad_cl, )) is None
+
+
+def test_routes_cover_every_op_device_and_format():
+    """The routing table has one row per op, device and memory format,
+    each naming its path and the measurement it rests on."""
+    want = {(op, dev, fmt)
+            for op in ext_loader.OPS for dev in ('cpu', 'cuda')
+            for fmt in FORMATS}
+    assert set(ext_loader.ROUTES) == want
+    for key, row in ext_loader.ROUTES.items():
+        assert row.path in (ext_loader.COMPILED, ext_loader.PYTORCH,
+                            ext_loader.COMPILED_WITHOUT_GRAD), key
+        assert row.measured, key
+    with pytest.raises(ValueError, match="no route for op 'mrla_heavy'"):
+        ext_loader.route('mrla_heavy', torch.empty(1, 1, 4, 4))
 
 
 def test_fallback_is_logged_once(monkeypatch, caplog):

@@ -5,8 +5,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from mrla_mm.ops import channel_descriptor
-from mrla_mm.ops.mrla_base_norm import mrla_base_batch_norm
-from mrla_mm.ops.mrla_value import mrla_value_map
+from mrla_mm.ops.mrla_base import mrla_base_batch_norm
+from mrla_mm.ops.mrla_light import mrla_value_map
 from mrla_mm.ops.readout_gradients import ReadoutGradients
 from conftest import rel_err
 

@@ -1,7 +1,7 @@
 """Export a module to ONNX and check the file in onnxruntime.
 
 The MRLA ops take their PyTorch composition while a graph is exported
-(:func:`mrla_mm.ops.ext_loader.exporting`), so an MRLA model exports as
+(:func:`mrla_mm.ops.exporting`), so an MRLA model exports as
 standard ONNX operators with either of torch's exporters. What this module
 adds around ``torch.onnx.export``:
 

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from .batch_norm_stats import update_running_stats
 from .checks import check_batch_norm_input, check_feature_map
-
-# What ATen's fused add and ReLU takes (its CPU kernel only).
-_ADD_RELU_DTYPES = (torch.float32, torch.float64)
+from .double_backward import composition_grads
+from .torch_internals import add_relu_, tensor_identity
 
 
 def _block_end(x: Tensor, identity: Tensor, weight: Optional[Tensor],
@@ -34,10 +34,7 @@ def _block_end(x: Tensor, identity: Tensor, weight: Optional[Tensor],
     weight, bias = (None if t is None else t.detach() for t in (weight, bias))
     out = torch.native_batch_norm(x.detach(), weight, bias, mean, var, False,
                                   0., eps)[0]
-    if out.device.type == 'cpu' and out.dtype in _ADD_RELU_DTYPES:
-        # ATen's fused add and ReLU: the same bits in one pass less.
-        return torch.ops.aten._add_relu_(out, identity.detach())
-    return out.add_(identity.detach()).relu_()
+    return add_relu_(out, identity.detach())
 
 
 class BatchNormAddReLURecipe:
@@ -134,18 +131,16 @@ def _differentiable_backward(ctx, grad_out: Tensor):
     """Gradients through the PyTorch composition, with their graph (double
     backward). With batch statistics the norm is re-run on the batch."""
     x, identity, weight, bias, mean, var, _ = ctx.saved_tensors
-    inputs = (x, identity, weight, bias)
-    with torch.enable_grad():
-        if ctx.batch_stats:
-            z = F.batch_norm(x, None, None, weight, bias, True, 0., ctx.eps)
-        else:
-            z = F.batch_norm(x, mean, var, weight, bias, False, 0., ctx.eps)
-        out = torch.relu(z + identity)
-        wanted = [t for t in inputs if t is not None and t.requires_grad]
-        grads = iter(
-            torch.autograd.grad(out, wanted, grad_out, create_graph=True))
-    return (*(next(grads) if t is not None and t.requires_grad else None
-              for t in inputs), None, None, None, None, None, None)
+    stats = (None, None) if ctx.batch_stats else (mean, var)
+
+    def composition():
+        z = F.batch_norm(x, *stats, weight, bias, ctx.batch_stats, 0.,
+                         ctx.eps)
+        return torch.relu(z + identity)
+
+    return (*composition_grads((x, identity, weight, bias), grad_out,
+                               composition), None, None, None, None, None,
+            None)
 
 
 def batch_norm_add_relu(x: Tensor,
@@ -190,11 +185,8 @@ def batch_norm_add_relu(x: Tensor,
                          f'{tuple(x.shape)}, got {tuple(identity.shape)}')
     check_batch_norm_input(x, running_mean, running_var, training)
     if training:
-        with torch.no_grad():
-            # The batch mean and biased variance, and the running update
-            # a BatchNorm module makes (unbiased variance), from one pass.
-            mean, var = torch.batch_norm_update_stats(
-                x, running_mean, running_var, momentum)
+        mean, var = update_running_stats(x, running_mean, running_var,
+                                         momentum)
     else:
         mean, var = running_mean.detach(), running_var.detach()
     invstd = torch.rsqrt(var + eps)
@@ -233,7 +225,8 @@ class RecomputedMaps:
         ``out`` is held weakly: a map no longer used lets its memory go,
         and a new tensor there is not taken for it.
         """
-        self._maps[out.data_ptr()] = (weakref.ref(out), out._version, recipe)
+        address, version = tensor_identity(out)
+        self._maps[address] = (weakref.ref(out), version, recipe)
 
     @classmethod
     def recipe_of(cls, t: Tensor) -> Optional[BatchNormAddReLURecipe]:
@@ -255,14 +248,16 @@ class RecomputedMaps:
         self._maps.clear()
 
     def _recipe(self, t: Tensor) -> Optional[BatchNormAddReLURecipe]:
-        entry = (self._maps.get(t.data_ptr())
-                 if t.layout == torch.strided and t.numel() else None)
+        if t.layout != torch.strided or not t.numel():
+            return None
+        address, version_now = tensor_identity(t)
+        entry = self._maps.get(address)
         if entry is None:
             return None
         ref, version, recipe = entry
         out = ref()
         if (out is None or t.shape != out.shape or t.stride() != out.stride()
-                or t.dtype != out.dtype or t._version != version):
+                or t.dtype != out.dtype or version_now != version):
             return None
         return recipe
 

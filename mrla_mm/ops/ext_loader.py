@@ -7,15 +7,12 @@ variable ``MRLA_OPS_BACKEND`` selects the path: ``auto`` (default),
 ``pytorch`` (never the extension) or ``compiled`` (raise if the extension
 cannot serve a call).
 
-``auto`` also leaves to PyTorch the CPU inputs on which the compiled
-kernels were measured slower than PyTorch's own (docs/benchmarks.md):
-channels_last maps, and planes of fewer than :data:`CPU_MIN_PLANE`
-pixels, where the per-plane set-up of the kernels outweighs the work; and
-the CUDA channels_last maps of the ops in :data:`CUDA_CL_SLOWER` (and of
-:data:`CUDA_CL_SLOWER_WITH_GRAD` when autograd records), measured slower
-than PyTorch on an H100. Under ``torch.compile``, ``auto`` takes the
-PyTorch path, which the compiler traces into kernels of its own.
-``compiled`` runs the kernels in all these cases all the same.
+``auto`` also leaves to PyTorch the inputs on which the compiled kernels
+were measured slower than PyTorch's own: :data:`ROUTES` holds, for every
+op, device and memory format, the path ``auto`` takes and the measurement
+it rests on. Under ``torch.compile``, ``auto`` takes the PyTorch path,
+which the compiler traces into kernels of its own. ``compiled`` runs the
+kernels in all these cases all the same.
 
 While a model is exported (``torch.onnx.export``, with either exporter,
 or ``torch.export``) every op takes the PyTorch composition whatever the
@@ -32,6 +29,7 @@ import importlib
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import torch
@@ -43,20 +41,76 @@ logger = logging.getLogger('mrla_mm.ops')
 BACKENDS = ('auto', 'pytorch', 'compiled')
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32,
                     torch.float64)
-# At 3x3 pixels per plane the fused light training branch is slower than
-# PyTorch's CPU ops (0.86x-0.89x) and the light core's training step even;
-# from 4x4 on every light kernel is faster (docs/benchmarks.md).
-CPU_MIN_PLANE = 16
-# Ops whose CUDA kernels were measured slower than PyTorch on
-# channels_last maps (H100, bfloat16, docs/benchmarks.md): the fused light
-# training branch (0.67x-0.78x); the base value map and norm go the same
-# way as the light branch until they are measured on their own.
-CUDA_CL_SLOWER = ('mrla_light_batch_norm', 'mrla_value_map',
-                  'mrla_base_batch_norm')
-# Slower there only when autograd records through the maps: the light
-# core's backward (0.84x at detection size), while its inference kernel
-# is 1.25x-1.35x faster than PyTorch.
-CUDA_CL_SLOWER_WITH_GRAD = ('mrla_light_core', )
+OPS = ('mrla_light_core', 'mrla_light_batch_norm', 'mrla_value_map',
+       'mrla_base_readout', 'mrla_base_batch_norm', 'residual_relu_pool')
+# The paths a route may give ``auto``.
+COMPILED = 'compiled'
+PYTORCH = 'pytorch'
+# Compiled only while autograd records through none of the maps.
+COMPILED_WITHOUT_GRAD = 'compiled without autograd'
+
+
+@dataclass(frozen=True)
+class Route:
+    """The path ``auto`` takes for an op on maps of a device and memory
+    format, and why.
+
+    Attributes:
+        path (str): :data:`COMPILED`, :data:`PYTORCH` or
+            :data:`COMPILED_WITHOUT_GRAD`.
+        min_plane (int): smaller planes (``H * W`` pixels) take PyTorch.
+        measured (str): the measurement the route rests on
+            (docs/benchmarks.md).
+    """
+    path: str
+    min_plane: int = 0
+    measured: str = ''
+
+
+# CPU, NCHW: at 3x3 pixels per plane the fused light training branch is
+# slower than PyTorch's CPU ops (0.86x-0.89x) and the light core's
+# training step even; from 4x4 on every kernel is faster.
+_CPU_NCHW = Route(
+    COMPILED, 16, 'from 4x4 pixels per plane every kernel is faster than '
+    'PyTorch; at 3x3 the fused light training branch runs at 0.86x-0.89x')
+# CPU, channels_last: every kernel was measured slower than PyTorch's ops
+# on the same maps.
+_CPU_NHWC = Route(PYTORCH, 0, 'the channels_last CPU kernels are slower '
+                  'than PyTorch on channels_last maps')
+_CUDA_NCHW = Route(COMPILED, 0, 'the CUDA kernels are faster than PyTorch '
+                   'on NCHW maps (H100)')
+# CUDA, channels_last (H100, bfloat16): the fused light training branch
+# runs at 0.67x-0.78x of PyTorch; the base value map and norm go the way
+# of the light branch until they are measured on their own; the light
+# core's backward runs at 0.84x at detection size while its inference
+# kernel is 1.25x-1.35x faster; the base readout and the pooling op are
+# faster.
+_CUDA_NHWC_SLOWER = Route(PYTORCH, 0, 'the fused light training branch '
+                          'runs at 0.67x-0.78x of PyTorch on an H100 '
+                          '(bfloat16)')
+_CUDA_NHWC_UNMEASURED = Route(PYTORCH, 0, 'not measured on its own; it '
+                              'follows the fused light training branch '
+                              '(0.67x-0.78x of PyTorch on an H100)')
+_CUDA_NHWC_FASTER = Route(COMPILED, 0, 'faster than PyTorch on '
+                          'channels_last maps (H100, bfloat16)')
+
+_NCHW, _NHWC = torch.contiguous_format, torch.channels_last
+# One row per op, device type and memory format of the maps.
+ROUTES = {
+    **{(op, 'cpu', _NCHW): _CPU_NCHW for op in OPS},
+    **{(op, 'cpu', _NHWC): _CPU_NHWC for op in OPS},
+    **{(op, 'cuda', _NCHW): _CUDA_NCHW for op in OPS},
+    ('mrla_light_core', 'cuda', _NHWC): Route(
+        COMPILED_WITHOUT_GRAD, 0, 'the inference kernel is 1.25x-1.35x '
+        'faster than PyTorch, the backward 0.84x at detection size (H100, '
+        'bfloat16)'),
+    ('mrla_light_batch_norm', 'cuda', _NHWC): _CUDA_NHWC_SLOWER,
+    ('mrla_value_map', 'cuda', _NHWC): _CUDA_NHWC_UNMEASURED,
+    ('mrla_base_batch_norm', 'cuda', _NHWC): _CUDA_NHWC_UNMEASURED,
+    ('mrla_base_readout', 'cuda', _NHWC): _CUDA_NHWC_FASTER,
+    ('residual_relu_pool', 'cuda', _NHWC): _CUDA_NHWC_FASTER,
+}
+_DEVICE_NAMES = dict(cpu='the CPU', cuda='CUDA')
 
 _ext = None
 _ext_error: Optional[str] = None
@@ -133,31 +187,33 @@ def unsupported_reason(maps: Iterable[torch.Tensor]) -> Optional[str]:
     return None
 
 
-def cpu_preference(maps: Iterable[torch.Tensor]) -> Optional[str]:
-    """Why PyTorch's CPU kernels are faster on these maps, or None."""
-    for t in maps:
-        if t.device.type != 'cpu' or t.dim() != 4:
-            continue
-        if not t.is_contiguous() and t.is_contiguous(
-                memory_format=torch.channels_last):
-            return 'channels_last maps run faster through PyTorch on the CPU'
-        if t.shape[2] * t.shape[3] < CPU_MIN_PLANE:
-            return (f'planes under {CPU_MIN_PLANE} pixels run faster '
-                    'through PyTorch on the CPU')
-    return None
+def route(op: str, t: torch.Tensor) -> Route:
+    """The row of :data:`ROUTES` for ``op`` on map ``t``."""
+    try:
+        return ROUTES[op, t.device.type, map_format(t)]
+    except KeyError:
+        raise ValueError(
+            f'no route for op {op!r} on a {t.device.type} map; ops are '
+            f'{OPS}, devices cpu and cuda') from None
 
 
-def cuda_preference(op: str,
-                    maps: Iterable[torch.Tensor]) -> Optional[str]:
-    """Why PyTorch's CUDA kernels are faster for ``op`` on these maps,
-    or None."""
+def prefers_pytorch(op: str, maps: Iterable[torch.Tensor]) -> Optional[str]:
+    """Why ``auto`` leaves ``op`` on these maps to PyTorch (see
+    :data:`ROUTES`), or None."""
     maps = list(maps)
-    if not any(t.device.type == 'cuda' and t.dim() == 4 and map_format(t)
-               is torch.channels_last for t in maps):
-        return None
-    if op in CUDA_CL_SLOWER or (op in CUDA_CL_SLOWER_WITH_GRAD
-                                and needs_autograd(*maps)):
-        return 'channels_last maps run faster through PyTorch on CUDA'
+    for t in maps:
+        if t.dim() != 4:
+            continue
+        row = route(op, t)
+        where = _DEVICE_NAMES[t.device.type]
+        if row.path == PYTORCH or (row.path == COMPILED_WITHOUT_GRAD
+                                   and needs_autograd(*maps)):
+            fmt = ('channels_last' if map_format(t) is torch.channels_last
+                   else 'NCHW')
+            return f'{fmt} maps run faster through PyTorch on {where}'
+        if t.shape[2] * t.shape[3] < row.min_plane:
+            return (f'planes under {row.min_plane} pixels run faster '
+                    f'through PyTorch on {where}')
     return None
 
 
@@ -183,8 +239,8 @@ def use_compiled(op: str, maps: Iterable[torch.Tensor]) -> bool:
     maps = list(maps)
     reason = unsupported_reason(maps)
     preference = None
-    if backend == 'auto':
-        preference = cpu_preference(maps) or cuda_preference(op, maps)
+    if reason is None and backend == 'auto':
+        preference = prefers_pytorch(op, maps)
     if reason is None and preference is not None:
         _log_once(f'{op}:{preference}', logging.INFO,
                   f'{op}: pure-PyTorch path, since {preference}')

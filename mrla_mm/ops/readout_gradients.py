@@ -31,7 +31,8 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import Tensor
 
-from .mrla_base import _fused_inference
+from .mrla_base import readout_inference
+from .torch_internals import current_graph_task_id, will_engine_execute_node
 
 
 class _Pass:
@@ -95,12 +96,12 @@ class ReadoutGradients:
         first = next(i for i, n in enumerate(self._nodes) if n is not None)
         if layer == first:
             # Nothing of this pass is left to take.
-            self._passes.pop(torch._C._current_graph_task_id(), None)
-        return _fused_inference(torch.stack(columns, -1), maps, None, None,
+            self._passes.pop(current_graph_task_id(), None)
+        return readout_inference(torch.stack(columns, -1), maps, None, None,
                                 None)
 
     def _pass(self) -> _Pass:
-        return self._passes.setdefault(torch._C._current_graph_task_id(),
+        return self._passes.setdefault(current_graph_task_id(),
                                        _Pass())
 
     def _check_later_layers_ran(self, layer: int, state: _Pass) -> None:
@@ -108,7 +109,7 @@ class ReadoutGradients:
             ref = self._nodes[later]
             node = None if ref is None else ref()
             if (node is not None and later not in state.done
-                    and torch._C._will_engine_execute_node(node)):
+                    and will_engine_execute_node(node)):
                 raise RuntimeError(
                     f'the backward of layer {layer} of an MRLA-base group '
                     f'ran before that of its later layer {later}, which '

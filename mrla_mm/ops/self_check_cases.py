@@ -15,11 +15,8 @@ import torch
 from torch import Tensor
 
 from . import ext_loader
-from .mrla_base import mrla_base_readout
-from .mrla_base_norm import mrla_base_batch_norm
-from .mrla_light import mrla_light_core
-from .mrla_light_norm import mrla_light_batch_norm
-from .mrla_value import mrla_value_map
+from .mrla_base import mrla_base_batch_norm, mrla_base_readout
+from .mrla_light import mrla_light_batch_norm, mrla_light_core, mrla_value_map
 from .residual_relu_pool import residual_relu_pool
 
 SHAPE = (2, 8, 64, 64)

@@ -20,12 +20,10 @@ from mrla_mm.ops import ext_loader
 from mrla_mm.ops.mrla_base import MRLABaseReadoutFunction, mrla_base_readout
 from mrla_mm.ops.mrla_light import (
     MRLALightCoreFunction,
-    mrla_light_core,
-    mrla_light_core_pytorch,
-)
-from mrla_mm.ops.mrla_light_norm import (
     mrla_light_batch_norm,
     mrla_light_batch_norm_pytorch,
+    mrla_light_core,
+    mrla_light_core_pytorch,
 )
 from mrla_mm.ops.mrla_math import base_combine, base_weights, channel_affine
 from mrla_mm.ops.residual_relu_pool import residual_relu_pool

@@ -9,15 +9,14 @@ from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mrla_mm.ops import residual_relu_pool
-from mrla_mm.ops.batch_norm_add_relu import (
+from mrla_mm.ops import (
     RecomputedMaps,
-    batch_norm_add_relu,
+    add_mrla_branch,
+    residual_block_end,
+    stage_recomputed_maps,
 )
 from mrla_mm.ops.checks import check_bool, check_rate
-from mrla_mm.ops.ext_loader import exporting, use_compiled
 from ..layers import MRLABase, MRLACache, MRLALight, build_mrla_layer
-from ..layers.batch_norm_args import batch_norm_args
 
 # The paper's dim_per_head for ResNets: 32 for light, 16 for base.
 RESNET_DIM_PER_HEAD = dict(MRLALight=32, MRLABase=16)
@@ -100,48 +99,6 @@ class MRLABlockMixin:
         """nn.Module: the normalization layer of the MRLA branch."""
         return getattr(self, self.mrla_norm_name)
 
-    def _folded_mrla_norm(self, x: Tensor,
-                          op: str) -> Optional[Tuple[Tensor, Tensor]]:
-        """``(scale, shift)`` of an eval-mode BatchNorm on the MRLA branch
-        when the compiled ``op`` takes ``x`` and nothing between the norm
-        and the residual add needs its own pass (no gradient, no active
-        drop path); else None."""
-        return self._folded_norm(self.mrla_norm, x, op)
-
-    def _folded_norm(self, norm: nn.Module, x: Tensor,
-                     op: str) -> Optional[Tuple[Tensor, Tensor]]:
-        """``(scale, shift)`` of ``norm`` when it is an eval-mode BatchNorm
-        that the compiled ``op`` can apply to ``x`` in its own pass (no
-        gradient, the block in eval mode); else None.
-
-        The PyTorch path keeps the norm module, so that what it runs (and
-        what a FLOP counter sees) is the unfused model.
-        """
-        if (self.training or torch.is_grad_enabled()
-                or not isinstance(norm, _BatchNorm) or norm.training
-                or not norm.track_running_stats
-                or norm.running_var is None
-                or not use_compiled(op, (x, ))):
-            return None
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        shift = -norm.running_mean * scale
-        if norm.affine:
-            scale = scale * norm.weight
-            shift = shift * norm.weight + norm.bias
-        return scale, shift
-
-    def _fuses_mrla_norm(self, x: Tensor, op: str) -> bool:
-        """Whether the MRLA branch, its BatchNorm (train or eval mode) and
-        the residual add run as the compiled ``op`` on ``x``, which keeps
-        none of their maps for the backward: not with an active drop path
-        or a norm that synchronises across processes."""
-        norm = self.mrla_norm
-        return (isinstance(norm, _BatchNorm)
-                and not (norm.training and isinstance(norm, nn.SyncBatchNorm))
-                and (not self.training
-                     or isinstance(self.mrla_drop_path, nn.Identity))
-                and use_compiled(op, (x, )))
-
     @property
     def tail_is_norm(self) -> bool:
         """bool: whether ``residual_tail`` is the last norm alone."""
@@ -187,31 +144,21 @@ class MRLABlockMixin:
         """The block output before MRLA, its shortcut, and the output's
         channel means where they come with it (else None)."""
         identity = x if self.downsample is None else self.downsample(x)
-        if maps is not None and self._recomputes_input():
-            out = batch_norm_add_relu(
-                self.residual_conv(x),
-                identity,
-                maps=maps,
-                **batch_norm_args(getattr(self, self.last_norm)))
-            return out, identity, None
-        if self.mrla is not None:
-            # MRLA's channel means are taken while the output is written
-            # (and their gradient joins ReLU's backward); in place, as
-            # mmdet's blocks add their shortcut: no new map. In inference
-            # the last norm joins that pass too.
-            out = self.residual_conv(x)
-            folded = self._folded_norm(
-                getattr(self, self.last_norm), out,
-                'residual_relu_pool') if self.tail_is_norm else None
-            if folded is None:
-                out = self.residual_tail(out)
-            scale, shift = folded or (None, None)
-            out, descriptor = residual_relu_pool(
-                out, identity, inplace=True, scale=scale, shift=shift)
-            return out, identity, descriptor
-        out = self.residual(x)
-        out += identity
-        return self.relu(out), identity, None
+        if self.mrla is None:
+            out = self.residual(x)
+            out += identity
+            return self.relu(out), identity, None
+        # MRLA's channel means are taken while the output is written (and
+        # their gradient joins ReLU's backward).
+        recompute = maps is not None and self._recomputes_input()
+        out, descriptor = residual_block_end(
+            self.residual_conv(x),
+            identity,
+            self.residual_tail,
+            norm=getattr(self, self.last_norm) if self.tail_is_norm else None,
+            training=self.training,
+            maps=maps if recompute else None)
+        return out, identity, descriptor
 
     def forward(self,
                 x: Tensor,
@@ -225,46 +172,20 @@ class MRLABlockMixin:
                 self._body, x, use_reentrant=False)
         else:
             out, identity, descriptor = self._body(x, maps)
-        if isinstance(self.mrla, MRLALight):
-            folded = self._folded_mrla_norm(out, 'mrla_light_core')
-            if folded is not None:
-                # The norm, the branch and the residual add in one pass.
-                return self.mrla(
-                    out,
-                    identity,
-                    *folded,
-                    add_input=True,
-                    descriptor=descriptor)
-            if self._fuses_mrla_norm(out, 'mrla_light_batch_norm'):
-                # In training the branch output is then never stored.
-                return self.mrla(
-                    out, identity, descriptor=descriptor, norm=self.mrla_norm)
-            branch = self.mrla_norm(
-                self.mrla(out, identity, descriptor=descriptor))
-        elif isinstance(self.mrla, MRLABase):
-            if cache is None:
-                raise ValueError('an MRLA-base block needs the cache of its '
-                                 'stage; run it through its stage')
-            folded = self._folded_mrla_norm(out, 'mrla_base_readout')
-            if folded is not None:
-                # The norm, its ReLU and the residual add in one pass.
-                return self.mrla(
-                    out,
-                    cache,
-                    descriptor=descriptor,
-                    scale=folded[0],
-                    shift=folded[1],
-                    add_input=True)
-            if self._fuses_mrla_norm(out, 'mrla_base_batch_norm'):
-                # In training neither the branch's maps nor the value maps
-                # are then stored.
-                return self.mrla(
-                    out, cache, descriptor=descriptor, norm=self.mrla_norm)
-            branch = self.relu(
-                self.mrla_norm(self.mrla(out, cache, descriptor=descriptor)))
-        else:
+        if self.mrla is None:
             return out
-        return out + self.mrla_drop_path(branch)
+        if isinstance(self.mrla, MRLABase) and cache is None:
+            raise ValueError('an MRLA-base block needs the cache of its '
+                             'stage; run it through its stage')
+        # MRLA-light's history O^{t-1} is stood in for by the shortcut.
+        return add_mrla_branch(
+            out,
+            self.mrla,
+            self.mrla_norm,
+            self.mrla_drop_path,
+            identity if isinstance(self.mrla, MRLALight) else cache,
+            training=self.training,
+            descriptor=descriptor)
 
 
 def mrla_stage_forward(blocks: nn.Sequential, x: Tensor) -> Tensor:
@@ -273,15 +194,8 @@ def mrla_stage_forward(blocks: nn.Sequential, x: Tensor) -> Tensor:
     recompute their MRLA input."""
     first = blocks[0].mrla
     cache = first.new_cache() if isinstance(first, MRLABase) else None
-    # Under torch.compile the compiler plans what to keep and recompute;
-    # an exported graph has no backward.
-    if torch.compiler.is_compiling() or exporting() or not (
-            torch.is_grad_enabled()
-            and any(block.mrla_recompute_input for block in blocks)):
-        for block in blocks:
-            x = block(x, cache)
-        return x
-    with RecomputedMaps() as maps:
+    with stage_recomputed_maps(
+            any(block.mrla_recompute_input for block in blocks)) as maps:
         for block in blocks:
             x = block(x, cache, maps)
     return x

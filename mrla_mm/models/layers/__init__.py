@@ -1,8 +1,9 @@
-from .builder import MRLA_LAYERS, build_mrla_layer
+from .builder import MRLA_LAYER_TYPES, build_mrla_layer
 from .mrla_base import MRLABase
 from .mrla_cache import MRLACache
 from .mrla_light import MRLALight
 
 __all__ = [
-    'MRLA_LAYERS', 'MRLABase', 'MRLACache', 'MRLALight', 'build_mrla_layer'
+    'MRLA_LAYER_TYPES', 'MRLABase', 'MRLACache', 'MRLALight',
+    'build_mrla_layer'
 ]

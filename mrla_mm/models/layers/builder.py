@@ -3,10 +3,12 @@ from typing import Dict, Optional, Union
 
 from mmengine.logging import print_log
 
+from mrla_mm.registry import DET_MODELS
 from .mrla_base import MRLABase
 from .mrla_light import MRLALight
 
-MRLA_LAYERS = {'MRLALight': MRLALight, 'MRLABase': MRLABase}
+# The types mrla_cfg may name; their classes come from the registry.
+MRLA_LAYER_TYPES = ('MRLALight', 'MRLABase')
 
 
 def build_mrla_layer(cfg: Optional[dict],
@@ -28,7 +30,8 @@ def build_mrla_layer(cfg: Optional[dict],
         **defaults: Further arguments ``cfg`` may override.
 
     Returns:
-        MRLALight | MRLABase | None
+        MRLALight | MRLABase | None: built by mmdet's ``MODELS`` registry
+        (the layers are registered in mmpretrain's too).
     """
     if cfg is None:
         return None
@@ -38,10 +41,11 @@ def build_mrla_layer(cfg: Optional[dict],
     args = dict(cfg)
     layer_type = args.pop('type')
     name = layer_type.__name__ if isinstance(layer_type, type) else layer_type
-    if (layer_type not in MRLA_LAYERS.values()
-            and layer_type not in MRLA_LAYERS):
+    if name not in MRLA_LAYER_TYPES or (isinstance(layer_type, type)
+                                        and DET_MODELS.get(name)
+                                        is not layer_type):
         raise ValueError(f"mrla_cfg['type'] must be one of "
-                         f'{tuple(MRLA_LAYERS)}, got {layer_type!r}')
+                         f'{MRLA_LAYER_TYPES}, got {layer_type!r}')
     if 'channels' in args:
         raise ValueError(
             f"mrla_cfg must not set 'channels' (got {args['channels']!r}): "
@@ -50,7 +54,8 @@ def build_mrla_layer(cfg: Optional[dict],
             and default_dim_per_head):
         args['num_heads'] = default_num_heads(name, channels,
                                               default_dim_per_head[name])
-    return MRLA_LAYERS[name](channels=channels, **{**defaults, **args})
+    return DET_MODELS.build(
+        dict(type=name, channels=channels, **{**defaults, **args}))
 
 
 def default_num_heads(layer: str, channels: int, dim_per_head: int) -> int:

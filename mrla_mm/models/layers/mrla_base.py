@@ -6,6 +6,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mrla_mm.ops import (
+    advance_batch_norm,
     channel_descriptor,
     check_feature_map,
     check_kernel_size,
@@ -13,13 +14,12 @@ from mrla_mm.ops import (
     check_value_act,
     mrla_base_batch_norm,
     mrla_base_readout,
+    mrla_value_map,
     query_key,
     resolve_heads,
 )
 from mrla_mm.ops.checks import check_bool
-from mrla_mm.ops.mrla_value import mrla_value_map
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
-from .batch_norm_args import batch_norm_args
 from .mrla_cache import MRLACache
 
 
@@ -148,7 +148,7 @@ class MRLABase(BaseModule):
                 kernels=kernels,
                 gradients=cache.gradients,
                 value_act=self.value_act,
-                **batch_norm_args(norm))
+                **advance_batch_norm(norm))
         return mrla_base_readout(
             q,
             cache.stacked_keys(),

@@ -6,6 +6,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mrla_mm.ops import (
+    advance_batch_norm,
     channel_descriptor,
     check_feature_map,
     check_kernel_size,
@@ -19,7 +20,6 @@ from mrla_mm.ops import (
 )
 from mrla_mm.ops.checks import check_number
 from mrla_mm.registry import CLS_MODELS, DET_MODELS
-from .batch_norm_args import batch_norm_args
 
 
 @DET_MODELS.register_module()
@@ -122,7 +122,7 @@ class MRLALight(BaseModule):
             return mrla_light_batch_norm(
                 x, self.value_conv.weight, self.gate(x, descriptor),
                 self.lambda_t, o_prev, self.value_act,
-                **batch_norm_args(norm))
+                **advance_batch_norm(norm))
         return mrla_light_core(
             x,
             self.value_conv.weight,
