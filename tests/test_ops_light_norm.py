@@ -54,18 +54,15 @@ def _reference(x, o, wv, gate, lam, gamma, beta, rm, rv, act, training):
                                          gamma, beta, training, 0.1, 1e-5)
 
 
-def _formats(device):
-    # The CPU kernels of the fused branch take contiguous maps (auto
-    # sends channels_last CPU maps to PyTorch).
-    return [torch.contiguous_format] + ([torch.channels_last]
-                                        if device == 'cuda' else [])
+# On the CPU a channels_last call runs the NCHW kernels on copies.
+FORMATS = (torch.contiguous_format, torch.channels_last)
 
 
 @pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('act', ['identity', 'gelu'])
 def test_gradcheck(device, training, act):
-    for fmt in _formats(device):
+    for fmt in FORMATS:
         x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
             2, 2, 3, 4, 5, torch.float64, 3, device, fmt)
         diff = [t.requires_grad_() for t in (x, o, wv, gate, lam, gamma,
@@ -296,14 +293,27 @@ def test_bad_arguments_are_named():
         advance_batch_norm(nn.LayerNorm(4))
 
 
-def test_cpu_channels_last_is_refused_by_the_kernels():
-    """auto sends these to PyTorch; forced onto the kernels they say
-    what is missing instead of computing something else."""
-    x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
-        2, 1, 4, 3, 3, torch.float32, 0, fmt=torch.channels_last)
-    with pytest.raises(RuntimeError, match='channels_last'):
-        _call(mrla_light_batch_norm, x, o, wv, gate, lam, gamma, beta, rm,
-              rv, 'identity', True)
+@pytest.mark.parametrize('training', [True, False])
+def test_cpu_channels_last_runs_on_nchw_copies(training):
+    """auto sends these to PyTorch; forced onto the kernels, a channels_last
+    call runs the NCHW kernels on copies of its maps: the bits of the NCHW
+    call (output, gradients, running statistics), output in channels_last.
+    """
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x, o, wv, gate, lam, gamma, beta, rm, rv = _inputs(
+            2, 2, 4, 5, 6, torch.float32, 0, fmt=fmt)
+        diff = [t.requires_grad_() for t in (x, o, wv, gate, lam, gamma,
+                                              beta)]
+        out = _call(mrla_light_batch_norm, x, o, wv, gate, lam, gamma, beta,
+                    rm, rv, 'gelu', training)
+        assert out.is_contiguous(memory_format=fmt)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(
+            1)).contiguous(memory_format=fmt)
+        grads = torch.autograd.grad(out, diff, grad)
+        results.append([out, *grads, rm, rv])
+    for nchw, cl in zip(*results):
+        assert torch.equal(nchw, cl)
 
 
 def test_core_output_is_not_kept_for_the_backward():

@@ -116,13 +116,10 @@ def light_cases(shape, fmt, dtype, device):
                                       None, gamma, beta, True, 0.1,
                                       1e-5).backward(g)
 
-    cases = [('light eval (BN folded, +x)', fused_eval, pytorch_eval),
-             ('light fwd+bwd', fused_train, pytorch_train)]
-    if fmt == torch.contiguous_format or device != 'cpu':
-        # The CPU kernels of the training branch take NCHW maps only.
-        cases.append(('light train branch (BN batch stats, +x) fwd+bwd',
-                      fused_branch, pytorch_branch))
-    return cases
+    return [('light eval (BN folded, +x)', fused_eval, pytorch_eval),
+            ('light fwd+bwd', fused_train, pytorch_train),
+            ('light train branch (BN batch stats, +x) fwd+bwd', fused_branch,
+             pytorch_branch)]
 
 
 def base_cases(shape, fmt, dtype, device, t):

@@ -92,12 +92,14 @@ fi
 # tests on this GPU.
 csrc=mrla_mm/ops/csrc
 shared="$csrc/common/cuda/mrla_common_cuda.cuh $csrc/pytorch/cuda/cudabind.cpp
-    $csrc/pytorch/pybind.cpp $csrc/common/mrla_map_checks.hpp"
+    $csrc/pytorch/pybind.cpp $csrc/common/mrla_map_checks.hpp
+    $csrc/common/mrla_host_device.hpp"
 family_sources() {
     case $1 in
     MRLA-light) echo "$csrc/common/cuda/mrla_light_cuda_kernel.cuh
         $csrc/pytorch/cuda/mrla_light_cuda.cu $csrc/pytorch/mrla_light.cpp
-        $csrc/common/mrla_norm.hpp $csrc/common/mrla_act.hpp" ;;
+        $csrc/pytorch/cuda/mrla_light_norm_cuda.cpp
+        $csrc/common/mrla_norm.hpp $csrc/common/mrla_light_core.hpp" ;;
     MRLA-base) echo "$csrc/common/cuda/mrla_base_cuda_kernel.cuh
         $csrc/pytorch/cuda/mrla_base_cuda.cu $csrc/pytorch/mrla_base.cpp" ;;
     residual_relu_pool) echo "$csrc/common/cuda/residual_relu_pool_cuda_kernel.cuh

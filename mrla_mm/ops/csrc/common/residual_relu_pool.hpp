@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "mrla_act.hpp"
+#include "mrla_host_device.hpp"
 
 // relu(a + b); NaN stays NaN, as in torch.relu.
 template <typename T, typename A>

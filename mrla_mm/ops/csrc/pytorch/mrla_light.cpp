@@ -10,7 +10,8 @@
 // is never stored: the kernels recompute it from x. The norm forward op
 // runs the statistics and the folded forward for y, the norm backward op
 // the statistics and the backward for y's gradients (on the CPU each as
-// one kernel, see mrla_light_cpu.cpp; elsewhere composed of the two).
+// one kernel, cpu/mrla_light_norm_cpu.cpp; on CUDA composed of the two,
+// cuda/mrla_light_norm_cuda.cpp).
 #include "mrla_map_checks.hpp"
 #include "mrla_norm.hpp"
 #include "pytorch_cpp_helper.hpp"
@@ -71,80 +72,10 @@ void mrla_light_norm_forward_impl(const Tensor x, const Tensor weight,
 
 namespace {
 
-// out = x + gamma * (z - mean) * invstd + beta: the norm folded into the
-// forward op's affine.
-void light_norm_output(const Tensor& x, const Tensor& weight,
-                       const Tensor& gate, const Tensor& lambda,
-                       const Tensor& o_prev, const Tensor& gamma,
-                       const Tensor& beta, const Tensor& mean,
-                       const Tensor& invstd, Tensor& out, int64_t act) {
-  Tensor scale, shift;
-  mrla_norm_affine(gamma, beta, mean, invstd, scale, shift);
-  mrla_light_forward_impl(x, weight, gate, lambda, o_prev, scale, shift, out,
-                          act, true);
-}
-
-}  // namespace
-
-// mrla_light_norm_forward_impl from the statistics op, the channel
-// statistics in ATen and the forward op (two passes over the maps): the
-// implementation for devices without a fused kernel (CUDA).
-void mrla_light_norm_forward_composed(const Tensor x, const Tensor weight,
-                                      const Tensor gate, const Tensor lambda,
-                                      const Tensor o_prev,
-                                      const Tensor gamma, const Tensor beta,
-                                      double eps, Tensor out, Tensor mean,
-                                      Tensor invstd, Tensor var,
-                                      int64_t act) {
-  Tensor stats = at::empty({x.size(0), x.size(1), 2}, weight.options());
-  const Tensor none = at::empty({0}, weight.options());
-  mrla_light_stats_impl(x, weight, gate, lambda, o_prev, none, none, stats,
-                        act);
-  const Tensor plane_mean = stats.select(2, 0).to(at::kDouble);
-  const Tensor plane_m2 = stats.select(2, 1).to(at::kDouble);
-  auto sum = [&](auto f) { return f(plane_mean, plane_m2).sum(0); };
-  Tensor mu, sigma2;
-  mrla_norm_moments(sum, static_cast<double>(x.size(0)),
-                    static_cast<double>(x.size(2) * x.size(3)), mu, sigma2);
-  mean.copy_(mu);
-  invstd.copy_(mrla_norm_invstd(sigma2, eps));
-  var.copy_(sigma2);
-  light_norm_output(x, weight, gate, lambda, o_prev, gamma, beta, mean,
-                    invstd, out, act);
-}
-
-// mrla_light_norm_backward_impl from the statistics op and the backward op
-// (two passes over the maps, the coefficients in between): the
-// implementation for devices without a fused kernel (CUDA).
-void mrla_light_norm_backward_composed(
-    const Tensor grad_out, const Tensor x, const Tensor weight,
-    const Tensor gate, const Tensor lambda, const Tensor o_prev,
-    const Tensor gamma, const Tensor mean, const Tensor invstd,
-    bool batch_stats, Tensor grad_x, Tensor grad_o_prev,
-    Tensor grad_weight_part, Tensor grad_gate_part, Tensor grad_lambda_part,
-    Tensor sums, int64_t act) {
-  Tensor stats = at::empty({x.size(0), x.size(1), 2}, weight.options());
-  mrla_light_stats_impl(x, weight, gate, lambda, o_prev, grad_out, mean,
-                        stats, act);
-  at::sum_out(sums, stats, {0});
-  Tensor a = gamma * invstd, b, c;
-  if (batch_stats) {
-    mrla_norm_batch_terms(a, invstd, sums.select(1, 0), sums.select(1, 1),
-                          static_cast<double>(x.numel() / x.size(1)), b, c);
-  } else {
-    b = c = at::zeros_like(a);
-  }
-  mrla_light_backward_impl(grad_out, x, weight, gate, lambda, o_prev,
-                           at::stack({a, b, c, mean}), grad_x, grad_o_prev,
-                           grad_weight_part, grad_gate_part, grad_lambda_part,
-                           act);
-}
-
-namespace {
-
 void check_light_args(const Tensor& x, const Tensor& weight,
                       const Tensor& gate, const Tensor& lambda,
-                      const Tensor& o_prev, at::MemoryFormat fmt) {
+                      const Tensor& o_prev, int64_t act,
+                      at::MemoryFormat fmt) {
   const int64_t b = x.size(0), c = x.size(1);
   // An empty o_prev (and lambda) drops the history term: the value alone.
   if (o_prev.numel() || lambda.numel()) {
@@ -157,6 +88,8 @@ void check_light_args(const Tensor& x, const Tensor& weight,
               "gate must be [B, G] with G dividing C=", c, ", got ",
               gate.sizes());
   mrla_check_small(gate, x, gate.numel(), "gate");
+  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
+              "got ", act);
 }
 
 }  // namespace
@@ -165,13 +98,11 @@ Tensor mrla_light_forward(Tensor x, Tensor weight, Tensor gate,
                           Tensor lambda, Tensor o_prev, Tensor scale,
                           Tensor shift, int64_t act, bool add_input) {
   const auto fmt = mrla_map_format(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, fmt);
+  check_light_args(x, weight, gate, lambda, o_prev, act, fmt);
   if (scale.numel() || shift.numel()) {
     mrla_check_small(scale, x, x.size(1), "scale");
     mrla_check_small(shift, x, x.size(1), "shift");
   }
-  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
-              "got ", act);
   Tensor out = at::empty_like(x, fmt);
   mrla_light_forward_impl(x, weight, gate, lambda, o_prev, scale, shift, out,
                           act, add_input);
@@ -191,12 +122,10 @@ std::vector<Tensor> mrla_light_norm_forward(Tensor x, Tensor weight,
                                             Tensor var_in, bool batch_stats,
                                             double eps, int64_t act) {
   const auto fmt = mrla_map_format(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, fmt);
+  check_light_args(x, weight, gate, lambda, o_prev, act, fmt);
   const int64_t c = x.size(1);
   mrla_check_small(gamma, x, c, "gamma");
   mrla_check_small(beta, x, c, "beta");
-  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
-              "got ", act);
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
   Tensor out = at::empty_like(x, fmt);
   if (batch_stats) {
@@ -221,8 +150,10 @@ std::vector<Tensor> mrla_light_norm_forward(Tensor x, Tensor weight,
   const Tensor mean = mean_in.to(weight.scalar_type()).contiguous();
   const Tensor invstd =
       mrla_norm_invstd(var, eps).to(weight.scalar_type()).contiguous();
-  light_norm_output(x, weight, gate, lambda, o_prev, gamma, beta, mean,
-                    invstd, out, act);
+  Tensor scale, shift;
+  mrla_norm_affine(gamma, beta, mean, invstd, scale, shift);
+  mrla_light_forward_impl(x, weight, gate, lambda, o_prev, scale, shift, out,
+                          act, true);
   return {out, mean, invstd, var};
 }
 
@@ -237,7 +168,7 @@ std::vector<Tensor> mrla_light_backward(Tensor grad_out, Tensor x,
                                         Tensor lambda, Tensor o_prev,
                                         Tensor norm, int64_t act) {
   const auto fmt = mrla_map_format(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, fmt);
+  check_light_args(x, weight, gate, lambda, o_prev, act, fmt);
   mrla_check_map_like(grad_out, x, "x", fmt, "grad_out");
   if (norm.numel()) mrla_check_small(norm, x, 4 * x.size(1), "norm");
   const int64_t b = x.size(0), c = x.size(1);
@@ -261,13 +192,11 @@ Tensor mrla_light_stats(Tensor x, Tensor weight, Tensor gate, Tensor lambda,
                         Tensor o_prev, Tensor grad, Tensor center,
                         int64_t act) {
   const auto fmt = mrla_map_format(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, fmt);
+  check_light_args(x, weight, gate, lambda, o_prev, act, fmt);
   if (grad.numel()) {
     mrla_check_map_like(grad, x, "x", fmt, "grad");
     mrla_check_small(center, x, x.size(1), "center");
   }
-  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
-              "got ", act);
   Tensor stats = at::empty({x.size(0), x.size(1), 2}, weight.options());
   mrla_light_stats_impl(x, weight, gate, lambda, o_prev, grad, center, stats,
                         act);
@@ -286,14 +215,12 @@ std::vector<Tensor> mrla_light_norm_backward(Tensor grad_out, Tensor x,
                                              Tensor invstd, bool batch_stats,
                                              int64_t act) {
   const auto fmt = mrla_map_format(x, "x");
-  check_light_args(x, weight, gate, lambda, o_prev, fmt);
+  check_light_args(x, weight, gate, lambda, o_prev, act, fmt);
   mrla_check_map_like(grad_out, x, "x", fmt, "grad_out");
   const int64_t b = x.size(0), c = x.size(1);
   mrla_check_small(gamma, x, c, "gamma");
   mrla_check_small(mean, x, c, "mean");
   mrla_check_small(invstd, x, c, "invstd");
-  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (identity) or 1 (gelu), "
-              "got ", act);
   Tensor grad_x = at::empty_like(x, fmt);
   Tensor grad_o_prev =
       o_prev.numel() ? at::empty_like(x, fmt) : at::empty({0}, x.options());

@@ -10,7 +10,7 @@
 #ifndef MRLA_LIGHT_CUDA_KERNEL_CUH
 #define MRLA_LIGHT_CUDA_KERNEL_CUH
 
-#include "mrla_act.hpp"
+#include "mrla_light_core.hpp"
 #include "mrla_common_cuda.cuh"
 
 // Pixels of a row per thread and step: three row windows of

@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "mrla_cpu_target.hpp"
+#include "cpu/mrla_cpu_target.hpp"
 #include "pytorch_cpp_helper.hpp"
 #include "pytorch_device_registry.hpp"
 

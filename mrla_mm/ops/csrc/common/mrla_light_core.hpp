@@ -1,16 +1,13 @@
 // Per-pixel math of the MRLA-light core, shared by the CPU and CUDA
-// kernels: the value activations and the core itself. `act` 0 is the identity (ResNet), 1 the exact erf GELU (ViT),
-// matching torch.nn.functional.gelu(approximate='none').
-#ifndef MRLA_ACT_HPP
-#define MRLA_ACT_HPP
+// kernels: the core z = gate * act(v) + lambda * o and its value
+// activation. `act` 0 is the identity (ResNet), 1 the exact erf GELU
+// (ViT), matching torch.nn.functional.gelu(approximate='none').
+#ifndef MRLA_LIGHT_CORE_HPP
+#define MRLA_LIGHT_CORE_HPP
 
 #include <cmath>
 
-#ifdef __CUDACC__
-#define MRLA_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define MRLA_HOST_DEVICE inline
-#endif
+#include "mrla_host_device.hpp"
 
 enum MRLAValueAct { kMRLAIdentity = 0, kMRLAGelu = 1 };
 
@@ -60,4 +57,4 @@ MRLA_HOST_DEVICE A mrla_light_core(A v, A gate, A lambda, A o, int act) {
   return gate * mrla_act(v, act) + lambda * o;
 }
 
-#endif  // MRLA_ACT_HPP
+#endif  // MRLA_LIGHT_CORE_HPP
