@@ -1,6 +1,6 @@
 # Mask R-CNN with an MRLA-light ResNet-18 backbone, trained from scratch on
 # the synthetic shapes dataset of tools/misc/make_demo_dataset.py (4 classes,
-# 128x128 images, trained and tested at 96x96). Sized to learn on a 2-core
+# 128x128 images). Sized to learn on a 2-core
 # CPU in minutes: half-width ResNet-18 with three stages, 64-wide FPN; on a
 # CPU the RoI heads cost more than the backbone, so they are small: 32
 # sampled RoIs per image, torchvision's RoIAlign with one sample per bin (an
@@ -21,7 +21,7 @@ custom_imports = dict(imports=['mrla_mm'], allow_failed_imports=False)
 
 classes = ('circle', 'square', 'triangle', 'star')
 num_classes = len(classes)
-img_scale = (96, 96)
+img_scale = (128, 128)
 fpn_channels = 64
 strides = [4, 8, 16]
 # torchvision's CPU RoIAlign ran faster than mmcv's here, forward and
