@@ -35,7 +35,8 @@ TARGETS = {'coco/bbox_mAP': 0.5, 'coco/segm_mAP': 0.5}
 # running); passive waiting kept them within ~2x. Set it to override.
 # One compute thread: the model's ops are small, and its 2-thread steps
 # ran slower than 1-thread ones beside the data loader's worker (0.36 s
-# against 0.33 s per iteration on 2 cores).
+# against 0.33 s per iteration on 2 cores, 96-pixel variant of the demo);
+# one thread also makes the run reproducible to the last digit.
 ENV = {
     **os.environ,
     'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'),
