@@ -1,12 +1,12 @@
 # Mask R-CNN with an MRLA-light ResNet-18 backbone, trained from scratch on
 # the synthetic shapes dataset of tools/misc/make_demo_dataset.py (4 classes,
-# 128x128 images). Sized to learn on a 2-core
-# CPU in minutes: half-width ResNet-18 with three stages, 64-wide FPN; on a
-# CPU the RoI heads cost more than the backbone, so they are small: 32
-# sampled RoIs per image, torchvision's RoIAlign with one sample per bin (an
-# object spans a few feature pixels, so a bin holds less than one), a 2-conv
-# 32-wide mask head with bilinear upsampling, a GIoU box loss; 16 epochs of
-# 50 iterations (8 images each), AdamW, cosine schedule.
+# 128x128 images). Sized to learn on a 2-core CPU in minutes: half-width
+# ResNet-18 with three stages, 64-wide FPN. On a CPU the RoI heads cost more
+# than the backbone, so they are small: 32 sampled RoIs per image,
+# torchvision's RoIAlign with one sample per bin (an object spans a few
+# feature pixels, so a bin holds less than one), a 2-conv 32-wide mask head
+# with bilinear upsampling, a GIoU box loss; 16 epochs of 50 iterations
+# (8 images each), AdamW, cosine schedule.
 # Run it through `make demo` (tools/misc/demo.py), or:
 #   python tools/misc/make_demo_dataset.py data/demo_shapes
 #   python tools/train.py configs/demo/mask-rcnn_r18-mrlal_fpn_demo.py
