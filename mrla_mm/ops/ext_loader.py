@@ -73,10 +73,18 @@ class Route:
 _CPU_NCHW = Route(
     COMPILED, 16, 'from 4x4 pixels per plane every kernel is faster than '
     'PyTorch; at 3x3 the fused light training branch runs at 0.86x-0.89x')
-# CPU, channels_last: every kernel was measured slower than PyTorch's ops
-# on the same maps.
-_CPU_NHWC = Route(PYTORCH, 0, 'the channels_last CPU kernels are slower '
-                  'than PyTorch on channels_last maps')
+# CPU, channels_last: the light ops run their NCHW kernels on copies,
+# slower than PyTorch's channels_last ops; the base readout's own kernel
+# and the pooling op's win on large planes and lose on 14x14 and 7x7 ones,
+# the stages where most of a ResNet's blocks are, so these maps all take
+# PyTorch.
+_CPU_NHWC_LIGHT = Route(PYTORCH, 0, 'the NCHW kernels on copies run at '
+                        '0.65x-0.92x of PyTorch (layer3, 25c76a2)')
+_CPU_NHWC_BASE = Route(PYTORCH, 0, 'the base readout runs at 1.01x-4.91x '
+                       'of PyTorch on large planes, 0.64x-1.07x on 14x14 '
+                       'and 7x7 ones (7935626)')
+_CPU_NHWC_POOL = Route(PYTORCH, 0, 'measured 1.21x of PyTorch at 56x56, '
+                       '0.80x at 14x14 (25c76a2, loaded VM)')
 _CUDA_NCHW = Route(COMPILED, 0, 'the CUDA kernels are faster than PyTorch '
                    'on NCHW maps (H100)')
 # CUDA, channels_last (H100, bfloat16): the fused light training branch
@@ -98,7 +106,12 @@ _NCHW, _NHWC = torch.contiguous_format, torch.channels_last
 # One row per op, device type and memory format of the maps.
 ROUTES = {
     **{(op, 'cpu', _NCHW): _CPU_NCHW for op in OPS},
-    **{(op, 'cpu', _NHWC): _CPU_NHWC for op in OPS},
+    **{(op, 'cpu', _NHWC): _CPU_NHWC_LIGHT
+       for op in ('mrla_light_core', 'mrla_light_batch_norm',
+                  'mrla_value_map')},
+    **{(op, 'cpu', _NHWC): _CPU_NHWC_BASE
+       for op in ('mrla_base_readout', 'mrla_base_batch_norm')},
+    ('residual_relu_pool', 'cpu', _NHWC): _CPU_NHWC_POOL,
     **{(op, 'cuda', _NCHW): _CUDA_NCHW for op in OPS},
     ('mrla_light_core', 'cuda', _NHWC): Route(
         COMPILED_WITHOUT_GRAD, 0, 'the inference kernel is 1.25x-1.35x '
